@@ -1,0 +1,7 @@
+"""Land the OEM ERP/MES tables (suppliers, BOM, production, IoT line-offs, receipts, payables…)
+into the warehouse by watermark, one batch per table and business day, then update the
+``warehouse_erp`` Airflow Asset."""
+
+from chainlend.ingest_dag import build_ingest_dag
+
+build_ingest_dag("erp", doc_md=__doc__)

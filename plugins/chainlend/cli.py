@@ -1,0 +1,140 @@
+"""The ``chainlend`` command: setup, simulate, demo, airflow.
+
+Every subcommand applies the embedded-profile defaults first (an environment variable that is
+already set wins), so the same command works against production connections.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import os
+import signal
+import subprocess
+import sys
+
+from chainlend import settings
+
+
+def _sim(args):
+    from chainlend.connections import sqlalchemy_url
+    from sources.simulator import Simulator
+
+    return Simulator(
+        args.erp_url or sqlalchemy_url(settings.ERP_CONN_ID).render_as_string(hide_password=False),
+        args.dealer_url or sqlalchemy_url(settings.DEALER_CONN_ID).render_as_string(hide_password=False),
+        args.sim_url or os.environ["CHAINLEND_SIM_URL"],
+    )
+
+
+def cmd_setup(args) -> int:
+    from chainlend.runtime import migrate_metadata_db
+    from chainlend.systems import Warehouse
+
+    migrate_metadata_db()
+    Warehouse.from_conn().create_all()
+    print(f"Airflow home: {os.environ['AIRFLOW_HOME']}; warehouse tables created")
+    return 0
+
+
+def cmd_simulate(args) -> int:
+    from sources.simulator import FaultRates
+
+    sim = _sim(args)
+    if args.action == "init":
+        rates = FaultRates.demo() if args.faults == "demo" else FaultRates.none()
+        sim.init(seed=args.seed, scale=args.scale, faults=rates, start=dt.date.fromisoformat(args.start),
+                 reset=args.reset)
+        print(f"initialised: scale={args.scale} seed={args.seed} faults={args.faults} start={args.start}")
+    else:
+        for day in sim.advance(args.days):
+            print(f"played {day}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from chainlend.demo import run_demo
+
+    report = run_demo(days=args.days, scale=args.scale, seed=args.seed, faults=args.faults)
+    failed = [r for r in report["dag_runs"] if r["failed_tasks"]]
+    print(f"\nDemo finished in {report['run']['wall_s']} s: {len(report['dag_runs'])} DAG runs, "
+          f"{len(failed)} with failed tasks (see the report).")
+    for source, tables in report["ingest"].items():
+        total = sum(t["extracted"] for t in tables.values())
+        blocked = sum(len(t["blocked"]) for t in tables.values())
+        print(f"  {source}: {total:,} rows landed, {blocked} batch(es) blocked")
+    print(f"Report: {report['run']['report_json']} and {report['run']['report_md']}")
+    return 0
+
+
+def cmd_airflow(args) -> int:
+    """``airflow standalone`` on 127.0.0.1; Ctrl-C stops its children by PID, then the parent."""
+    from chainlend.runtime import airflow_bin, migrate_metadata_db
+
+    migrate_metadata_db()
+    proc = subprocess.Popen([airflow_bin(), "standalone"], env=os.environ.copy(), start_new_session=True)
+    print(f"Airflow UI: http://127.0.0.1:{os.environ['AIRFLOW__API__PORT']} "
+          f"(login: admin, password in {os.environ['AIRFLOW_HOME']}/simple_auth_manager_passwords.json.generated)")
+    try:
+        return proc.wait()
+    except KeyboardInterrupt:
+        return stop_process_tree(proc.pid)
+
+
+def stop_process_tree(pid: int, timeout: float = 20.0) -> int:
+    """SIGTERM the children of ``pid`` first (SIGTERM to the parent orphans them), then ``pid``."""
+    import psutil
+
+    parent = psutil.Process(pid)
+    children = parent.children(recursive=True)
+    for child in children:
+        child.send_signal(signal.SIGTERM)
+    _, alive = psutil.wait_procs(children, timeout=timeout)
+    for child in alive:
+        child.kill()
+    parent.send_signal(signal.SIGTERM)
+    try:
+        return parent.wait(timeout)
+    except psutil.TimeoutExpired:
+        parent.kill()
+        return 1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="chainlend", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("setup", help="migrate the Airflow metadata DB and create warehouse tables").set_defaults(
+        func=cmd_setup)
+
+    s = sub.add_parser("simulate", help="the source-system simulator")
+    s.add_argument("action", choices=["init", "advance"])
+    s.add_argument("--seed", type=int, default=7)
+    s.add_argument("--scale", default="demo", help="tiny | small | demo | reference")
+    s.add_argument("--faults", default="demo", choices=["demo", "none"])
+    s.add_argument("--start", default="2026-03-02", help="first business day (init)")
+    s.add_argument("--days", type=int, default=1, help="business days to play (advance)")
+    s.add_argument("--reset", action="store_true", help="re-initialise existing sources (init)")
+    s.add_argument("--erp-url"), s.add_argument("--dealer-url"), s.add_argument("--sim-url")
+    s.set_defaults(func=cmd_simulate)
+
+    d = sub.add_parser("demo", help="simulate N days and run the daily DAGs for each")
+    d.add_argument("--days", type=int, default=30)
+    d.add_argument("--scale", default="demo")
+    d.add_argument("--seed", type=int, default=7)
+    d.add_argument("--faults", default="demo", choices=["demo", "none"])
+    d.set_defaults(func=cmd_demo)
+
+    sub.add_parser("airflow", help="serve the DAGs in airflow standalone on 127.0.0.1").set_defaults(
+        func=cmd_airflow)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    settings.apply_embedded_defaults()
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,26 @@
+"""Schedule and defaults shared by every chainlend DAG."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from airflow.sdk import Param
+
+START = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+# Sources close their business day at 20:00; ingestion runs at 23:00 on business days and the
+# run's logical date is the business date it ingests.
+BUSINESS_DAYS_2300 = "0 23 * * 1-5"
+
+DEFAULT_ARGS = {
+    "owner": "data-engineering",
+    "retries": 2,
+    "retry_delay": dt.timedelta(minutes=1),
+    "retry_exponential_backoff": True,
+}
+
+BUSINESS_DATE_PARAMS = {
+    "business_date": Param(
+        None, type=["null", "string"], format="date",
+        description="Business date to process (YYYY-MM-DD); default: the run's logical date.",
+    ),
+}

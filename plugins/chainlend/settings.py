@@ -1,0 +1,86 @@
+"""Where everything lives, and the embedded runtime's defaults.
+
+The embedded profile keeps all state under one git-ignored folder, ``var/`` at the project root
+(override with ``CHAINLEND_VAR``):
+
+- ``var/airflow/``      Airflow home (SQLite metadata, logs); dags_folder = ``dags/``
+- ``var/warehouse.db``  the warehouse (landing tables, batch log)
+- ``var/sources/``      the simulated source systems: ``erp.db``, ``dealer.db`` and the
+                        simulator's own ``sim.db`` (oracle and fault manifest; never read by DAGs)
+- ``var/mlflow/``       MLflow store (later issues)
+- ``var/demo/``         demo report and mailbox
+
+Every location can be overridden: an environment variable that is already set always wins
+over these defaults (``AIRFLOW_HOME``, ``AIRFLOW__…`` settings, ``AIRFLOW_CONN_ERP_DEFAULT``,
+``AIRFLOW_CONN_DEALER_DEFAULT``, ``AIRFLOW_CONN_WAREHOUSE_DEFAULT``, ``AIRFLOW_CONN_SMTP_DEFAULT``,
+``CHAINLEND_SIM_URL``), and connections can equally come from a secrets backend or the
+Airflow metadata database, so the same DAGs run against PostgreSQL/MariaDB in production.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
+
+ERP_CONN_ID = "erp_default"
+DEALER_CONN_ID = "dealer_default"
+WAREHOUSE_CONN_ID = "warehouse_default"
+SMTP_CONN_ID = "smtp_default"
+
+
+def var_dir(environ: dict[str, str] | None = None) -> Path:
+    """The state folder: ``$CHAINLEND_VAR`` or ``<project>/var``."""
+    env = os.environ if environ is None else environ
+    return Path(env.get("CHAINLEND_VAR") or PROJECT_ROOT / "var").resolve()
+
+
+def _sqlite_conn(path: Path) -> str:
+    return json.dumps({"conn_type": "sqlite", "host": str(path)})
+
+
+def embedded_defaults(var: Path) -> dict[str, str]:
+    """Environment of the embedded profile rooted at ``var`` (nothing is read or written here)."""
+    airflow_home = var / "airflow"
+    return {
+        "AIRFLOW_HOME": str(airflow_home),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(PROJECT_ROOT / "dags"),
+        "AIRFLOW__CORE__PLUGINS_FOLDER": str(PROJECT_ROOT / "plugins"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__PARALLELISM": "2",
+        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+        "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{airflow_home / 'airflow.db'}",
+        "AIRFLOW__API__HOST": "127.0.0.1",
+        "AIRFLOW__API__PORT": "8080",
+        "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(airflow_home / "logs"),
+        "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "30",
+        "AIRFLOW_CONN_ERP_DEFAULT": _sqlite_conn(var / "sources" / "erp.db"),
+        "AIRFLOW_CONN_DEALER_DEFAULT": _sqlite_conn(var / "sources" / "dealer.db"),
+        "AIRFLOW_CONN_WAREHOUSE_DEFAULT": _sqlite_conn(var / "warehouse.db"),
+        "AIRFLOW_CONN_SMTP_DEFAULT": json.dumps({
+            "conn_type": "smtp", "host": "127.0.0.1", "port": 8025,
+            "extra": {"disable_ssl": True, "disable_tls": True, "from_email": "chainlend@localhost"},
+        }),
+        "CHAINLEND_SIM_URL": f"sqlite:///{var / 'sources' / 'sim.db'}",
+    }
+
+
+def apply_embedded_defaults(environ: dict[str, str] | None = None) -> dict[str, str]:
+    """Fill ``environ`` (default ``os.environ``) with the embedded defaults it does not set yet.
+
+    Must run before ``airflow`` is imported (Airflow reads its configuration at import).
+    Creates the state folders. Returns the values that were applied.
+    """
+    env = os.environ if environ is None else environ
+    var = var_dir(env)
+    applied = {}
+    for key, value in embedded_defaults(var).items():
+        if key not in env:
+            env[key] = value
+            applied[key] = value
+    for sub in ("airflow", "sources", "demo"):
+        (var / sub).mkdir(parents=True, exist_ok=True)
+    return applied

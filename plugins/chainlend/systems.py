@@ -1,0 +1,162 @@
+"""Typed interfaces to the external systems: the two sources and the warehouse.
+
+Each is built from an Airflow connection id (``from_conn``) or a SQLAlchemy URL (``from_url``);
+tests use the real implementation against real databases and only choose the constructor.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterator
+
+import sqlalchemy as sa
+
+from chainlend import settings
+from sources.contract import DEALER, ERP, TABLES, WATERMARK, Table
+from sources.sql import SA_TYPES, make_engine, sa_table
+
+BATCH_ID = "_batch_id"
+RUN_ID = "_run_id"
+SEQ = "_seq"
+LINEAGE_COLUMNS = (BATCH_ID, RUN_ID, SEQ)
+
+
+class SourceDB:
+    """A source system database whose tables follow ``sources.contract``."""
+
+    source: str = ""
+    default_conn_id: str = ""
+
+    def __init__(self, engine: sa.Engine):
+        self.engine = engine
+
+    @classmethod
+    def from_url(cls, url: str | sa.URL) -> SourceDB:
+        return cls(make_engine(url))
+
+    @classmethod
+    def from_conn(cls, conn_id: str | None = None) -> SourceDB:
+        from chainlend.connections import engine_for
+
+        return cls(engine_for(conn_id or cls.default_conn_id))
+
+    @property
+    def tables(self) -> tuple[Table, ...]:
+        return TABLES[self.source]
+
+    def columns(self, table: str) -> list[str]:
+        """The columns the source table has right now (schema drift shows here)."""
+        return [c["name"] for c in sa.inspect(self.engine).get_columns(table)]
+
+    def stream(
+        self, contract: Table, start: dt.datetime | None, end: dt.datetime, chunk_rows: int
+    ) -> Iterator[list[tuple]]:
+        """Rows changed in ``[start, end)`` by the watermark, in chunks, ordered by (watermark, key).
+
+        Uses a server-side cursor where the driver has one, so a large day never needs the
+        whole table in memory.
+        """
+        cols = [sa.column(c.name, SA_TYPES[c.type]) for c in contract.columns]
+        wm = sa.column(WATERMARK, sa.DateTime())
+        query = sa.select(*cols).select_from(sa.table(contract.name)).where(wm < end)
+        if start is not None:
+            query = query.where(wm >= start)
+        query = query.order_by(wm, sa.column(contract.key))
+        with self.engine.connect() as conn:
+            result = conn.execution_options(stream_results=True, yield_per=chunk_rows).execute(query)
+            yield from result.partitions(chunk_rows)
+
+
+class ErpSource(SourceDB):
+    source = ERP
+    default_conn_id = settings.ERP_CONN_ID
+
+
+class DealerSource(SourceDB):
+    source = DEALER
+    default_conn_id = settings.DEALER_CONN_ID
+
+
+SOURCE_CLASSES: dict[str, type[SourceDB]] = {ERP: ErpSource, DEALER: DealerSource}
+
+
+class Warehouse:
+    """The warehouse: landing tables per source table and the ingestion batch log."""
+
+    default_conn_id = settings.WAREHOUSE_CONN_ID
+
+    def __init__(self, engine: sa.Engine):
+        self.engine = engine
+        self.metadata = sa.MetaData()
+        self.batches = sa.Table(
+            "ingest_batches", self.metadata,
+            sa.Column("batch_id", sa.String(128), primary_key=True),
+            sa.Column("source", sa.String(32), nullable=False),
+            sa.Column("table_name", sa.String(64), nullable=False),
+            sa.Column("business_date", sa.Date, nullable=False),
+            sa.Column("run_id", sa.String(255), nullable=False),
+            sa.Column("window_start", sa.DateTime, nullable=True),
+            sa.Column("window_end", sa.DateTime, nullable=False),
+            sa.Column("rows_extracted", sa.BigInteger, nullable=False),
+            sa.Column("status", sa.String(32), nullable=False),
+            sa.Column("detail", sa.Text, nullable=True),
+            sa.Column("recorded_at", sa.DateTime, nullable=False),
+            sa.Index("ix_ingest_batches_table_date", "source", "table_name", "business_date"),
+        )
+        self._landing: dict[tuple[str, str], sa.Table] = {}
+
+    @classmethod
+    def from_url(cls, url: str | sa.URL) -> Warehouse:
+        return cls(make_engine(url))
+
+    @classmethod
+    def from_conn(cls, conn_id: str | None = None) -> Warehouse:
+        from chainlend.connections import engine_for
+
+        return cls(engine_for(conn_id or cls.default_conn_id))
+
+    def landing(self, contract: Table) -> sa.Table:
+        """The landing table of a source table: the contract columns plus batch lineage."""
+        key = (contract.source, contract.name)
+        if key not in self._landing:
+            self._landing[key] = sa_table(
+                contract, self.metadata, name=landing_name(contract),
+                extra=(
+                    sa.Column(BATCH_ID, sa.String(128), nullable=False),
+                    sa.Column(RUN_ID, sa.String(255), nullable=False),
+                    sa.Column(SEQ, sa.BigInteger, nullable=False),
+                ),
+                indexes=(BATCH_ID,),
+            )
+        return self._landing[key]
+
+    def create_all(self) -> None:
+        """Create the batch log and every landing table that does not exist yet."""
+        for tables in TABLES.values():
+            for contract in tables:
+                self.landing(contract)
+        self.metadata.create_all(self.engine, checkfirst=True)
+
+    def read_landing(self, contract: Table, batch_id: str | None = None):
+        """A landing table (or one batch of it) as a DataFrame, in batch and sequence order."""
+        import pandas as pd
+
+        table = self.landing(contract)
+        query = sa.select(table).order_by(table.c[BATCH_ID], table.c[SEQ])
+        if batch_id is not None:
+            query = query.where(table.c[BATCH_ID] == batch_id)
+        with self.engine.connect() as conn:
+            return pd.read_sql(query, conn)
+
+    def read_batches(self, source: str | None = None):
+        import pandas as pd
+
+        query = sa.select(self.batches).order_by(self.batches.c.business_date, self.batches.c.batch_id)
+        if source is not None:
+            query = query.where(self.batches.c.source == source)
+        with self.engine.connect() as conn:
+            return pd.read_sql(query, conn)
+
+
+def landing_name(contract: Table) -> str:
+    return f"landing_{contract.source}_{contract.name}"
