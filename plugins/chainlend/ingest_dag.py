@@ -18,7 +18,7 @@ def build_ingest_dag(source: str, *, doc_md: str | None = None):
 
     @task(task_id="land")
     def land(table: str) -> dict:
-        from airflow.exceptions import AirflowFailException
+        from airflow.sdk.exceptions import AirflowFailException
 
         from chainlend.dates import business_date_from_context
         from chainlend.ingest import IngestError, extract_load

@@ -33,7 +33,7 @@ def load_dag(dag_id: str):
     """The DAG ``dag_id`` parsed from the project's ``dags/`` folder."""
     from airflow.dag_processing.dagbag import DagBag
 
-    bag = DagBag(dag_folder=str(PROJECT_ROOT / "dags" / f"{dag_id}.py"), include_examples=False)
+    bag = DagBag(dag_folder=str(PROJECT_ROOT / "dags" / f"{dag_id}.py"))
     if bag.import_errors:
         raise RuntimeError(f"DAG {dag_id} failed to import: {bag.import_errors}")
     return bag.dags[dag_id]
