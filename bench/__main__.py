@@ -8,7 +8,6 @@ import time
 
 from chainlend import settings
 
-
 BENCHES = {"dag_parse": "parse_bench", "ingest": "ingest_bench"}
 
 

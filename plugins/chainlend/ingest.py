@@ -129,24 +129,37 @@ def extract_load(
             _record(warehouse, batch_id, contract, business_date, run_id, start, end, 0,
                     SCHEMA_DRIFT, str(exc), recorded_at)
         raise
-    names = contract.column_names
+    # Same dialect on both ends: copy the driver's values as they are (no per-value type
+    # conversion, ~2x faster); across dialects let SQLAlchemy convert types.
+    raw = source.engine.dialect.name == warehouse.engine.dialect.name
     rows = 0
     with warehouse.engine.begin() as wconn:
         wconn.execute(sa.delete(landing).where(landing.c[BATCH_ID] == batch_id))
-        insert = landing.insert()
-        for chunk in source.stream(contract, start, end, chunk_rows):
-            records = []
-            for row in chunk:
-                record = dict(zip(names, row))
-                record[BATCH_ID] = batch_id
-                record[RUN_ID] = run_id
-                record[SEQ] = rows
-                rows += 1
-                records.append(record)
-            wconn.execute(insert, records)
+        for chunk in source.stream(contract, start, end, chunk_rows, raw=raw):
+            lineage = (batch_id, run_id)
+            if raw:
+                wconn.exec_driver_sql(
+                    _positional_insert(wconn.dialect, landing),
+                    [(*row, *lineage, rows + i) for i, row in enumerate(chunk)],
+                )
+            else:
+                names = contract.column_names
+                wconn.execute(landing.insert(), [
+                    {**dict(zip(names, row)), BATCH_ID: batch_id, RUN_ID: run_id, SEQ: rows + i}
+                    for i, row in enumerate(chunk)
+                ])
+            rows += len(chunk)
         _record(warehouse, batch_id, contract, business_date, run_id, start, end, rows, LANDED, None,
                 recorded_at, conn=wconn)
     return BatchResult(batch_id, contract.source, contract.name, business_date, start, end, rows)
+
+
+def _positional_insert(dialect: sa.Dialect, table: sa.Table) -> str:
+    """``INSERT INTO t (c1, …) VALUES (?, …)`` in the driver's positional paramstyle."""
+    quote = dialect.identifier_preparer.quote
+    mark = "?" if dialect.paramstyle == "qmark" else "%s"
+    cols = ", ".join(quote(c.name) for c in table.columns)
+    return f"INSERT INTO {quote(table.name)} ({cols}) VALUES ({', '.join([mark] * len(table.columns))})"
 
 
 def _landed(warehouse: Warehouse, batch_id: str) -> bool:

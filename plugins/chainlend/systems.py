@@ -49,14 +49,16 @@ class SourceDB:
         return [c["name"] for c in sa.inspect(self.engine).get_columns(table)]
 
     def stream(
-        self, contract: Table, start: dt.datetime | None, end: dt.datetime, chunk_rows: int
+        self, contract: Table, start: dt.datetime | None, end: dt.datetime, chunk_rows: int,
+        *, raw: bool = False,
     ) -> Iterator[list[tuple]]:
         """Rows changed in ``[start, end)`` by the watermark, in chunks, ordered by (watermark, key).
 
         Uses a server-side cursor where the driver has one, so a large day never needs the
-        whole table in memory.
+        whole table in memory. ``raw=True`` skips SQLAlchemy's type processing and yields the
+        driver's own values (only for copying into a database of the same dialect).
         """
-        cols = [sa.column(c.name, SA_TYPES[c.type]) for c in contract.columns]
+        cols = [sa.column(c.name) if raw else sa.column(c.name, SA_TYPES[c.type]) for c in contract.columns]
         wm = sa.column(WATERMARK, sa.DateTime())
         query = sa.select(*cols).select_from(sa.table(contract.name)).where(wm < end)
         if start is not None:
