@@ -69,10 +69,11 @@ def cmd_demo(args) -> int:
 
 def cmd_airflow(args) -> int:
     """``airflow standalone`` on 127.0.0.1; Ctrl-C stops its children by PID, then the parent."""
-    from chainlend.runtime import airflow_bin, migrate_metadata_db
+    from chainlend.runtime import airflow_bin, migrate_metadata_db, subprocess_env
 
     migrate_metadata_db()
-    proc = subprocess.Popen([airflow_bin(), "standalone"], env=os.environ.copy(), start_new_session=True)
+    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    proc = subprocess.Popen([airflow_bin(), "standalone"], env=subprocess_env(), start_new_session=True)
     print(f"Airflow UI: http://127.0.0.1:{os.environ['AIRFLOW__API__PORT']} "
           f"(login: admin, password in {os.environ['AIRFLOW_HOME']}/simple_auth_manager_passwords.json.generated)")
     try:
@@ -81,20 +82,41 @@ def cmd_airflow(args) -> int:
         return stop_process_tree(proc.pid)
 
 
+def _raise_keyboard_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
 def stop_process_tree(pid: int, timeout: float = 20.0) -> int:
-    """SIGTERM the children of ``pid`` first (SIGTERM to the parent orphans them), then ``pid``."""
+    """SIGTERM the children of ``pid`` first (SIGTERM to the parent orphans them), then ``pid``.
+
+    A child that is a zombie has exited (its parent reaps it later) and counts as stopped.
+    """
+    import time
+
     import psutil
+
+    def running(procs):
+        alive = []
+        for p in procs:
+            try:
+                if p.status() != psutil.STATUS_ZOMBIE:
+                    alive.append(p)
+            except psutil.NoSuchProcess:
+                pass
+        return alive
 
     parent = psutil.Process(pid)
     children = parent.children(recursive=True)
-    for child in children:
+    for child in running(children):
         child.send_signal(signal.SIGTERM)
-    _, alive = psutil.wait_procs(children, timeout=timeout)
-    for child in alive:
+    deadline = time.monotonic() + timeout
+    while running(children) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    for child in running(children):
         child.kill()
     parent.send_signal(signal.SIGTERM)
     try:
-        return parent.wait(timeout)
+        return parent.wait(timeout) or 0
     except psutil.TimeoutExpired:
         parent.kill()
         return 1

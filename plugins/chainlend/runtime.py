@@ -23,9 +23,16 @@ def airflow_bin() -> str:
     return str(Path(sys.executable).with_name("airflow"))
 
 
+def subprocess_env() -> dict[str, str]:
+    """The current environment with this venv's ``bin/`` first on PATH (Airflow spawns ``airflow``)."""
+    env = os.environ.copy()
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    return env
+
+
 def migrate_metadata_db() -> None:
     """``airflow db migrate`` in a subprocess (idempotent; ~4 s on a fresh SQLite file)."""
-    subprocess.run([airflow_bin(), "db", "migrate"], check=True, env=os.environ.copy(),
+    subprocess.run([airflow_bin(), "db", "migrate"], check=True, env=subprocess_env(),
                    stdout=subprocess.DEVNULL)
 
 
