@@ -63,6 +63,9 @@ def cmd_demo(args) -> int:
         total = sum(t["extracted"] for t in tables.values())
         blocked = sum(len(t["blocked"]) for t in tables.values())
         print(f"  {source}: {total:,} rows landed, {blocked} batch(es) blocked")
+        for name, t in tables.items():
+            for b in t["blocked"]:
+                print(f"    blocked {source}.{name} on {b['business_date']}: {b['detail']}")
     print(f"Report: {report['run']['report_json']} and {report['run']['report_md']}")
     return 0
 
@@ -155,6 +158,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     settings.apply_embedded_defaults()
     args = build_parser().parse_args(argv)
+    if args.command == "demo":  # task logs stay in Airflow's log folder, the console shows progress
+        os.environ.setdefault("AIRFLOW__LOGGING__LOGGING_LEVEL", "CRITICAL")
     return args.func(args)
 
 
