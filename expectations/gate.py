@@ -1,0 +1,188 @@
+"""The data-quality gate of one landed batch: validate, split, account for every row.
+
+``run_gate`` takes the landed rows of one batch and what the checks need to know about the rest
+of the warehouse (parent keys, VINs already used, recent batch sizes, the end of the business
+day) and returns the rows to publish, the rows to quarantine with their reasons, and the
+batch-level verdict. It never drops a row: rows in = accepted + quarantined, and a batch that
+fails a batch-level check quarantines all its rows (reason ``blocked``) and publishes none.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from expectations.frames import TYPES_OK, VIN_OK, add_flags, check_frame, fk_flag
+from expectations.gx_runner import GxValidator, Validation
+from expectations.rules import BATCH, Check, batch_checks, row_checks
+from sources.contract import Table
+
+REASONS = "_reasons"
+SAMPLE_KEYS = 5
+RECENT_BATCHES = 5
+
+
+class GateError(RuntimeError):
+    """The gate cannot account for the batch (a bug, never a data problem)."""
+
+
+@dataclass(frozen=True)
+class GateInputs:
+    window_end: dt.datetime
+    parent_keys: dict[str, object] = field(default_factory=dict)
+    used_vins: pd.Series | None = None
+    recent_counts: tuple[int, ...] = ()
+    append_only: bool = True  # volume/freshness apply to tables with daily traffic
+
+
+@dataclass
+class Failure:
+    check: str
+    severity: str
+    count: int
+    sample_keys: list[str]
+    detail: str | None = None
+
+
+@dataclass
+class GateOutcome:
+    rows_in: int
+    accepted: pd.DataFrame
+    quarantined: pd.DataFrame  # the rows as landed plus ``_reasons`` ("check;check")
+    failures: list[Failure]
+    blocked: bool
+    validation: Validation
+
+    @property
+    def blocking(self) -> list[Failure]:
+        return [f for f in self.failures if f.severity == BATCH]
+
+
+def volume_params(recent: tuple[int, ...], append_only: bool) -> dict:
+    """Bounds for the ``volume`` and ``freshness`` checks from recent landed batch sizes."""
+    recent = tuple(recent)[-RECENT_BATCHES:]
+    busy = append_only and len(recent) >= 3 and min(recent) > 0
+    return {
+        "freshness_min": 1 if busy else 0,
+        "freshness_max": None,
+        "volume_min": 0,
+        "volume_max": (20 * max(recent) + 1_000) if len(recent) >= 3 else None,
+    }
+
+
+def _masks(frame: pd.DataFrame, check: Check, contract: Table, inputs: GateInputs,
+           type_fail: dict[str, pd.Series]) -> pd.Series:
+    """The rows failing ``check``, computed the way GX counts them (nulls pass value checks)."""
+    if check.column is not None and check.column not in frame.columns:
+        return pd.Series(False, index=frame.index)
+    col = frame[check.column] if check.column else None
+    if check.kind == "not_null":
+        return col.isna()
+    if check.kind == "range":
+        bad = pd.Series(False, index=frame.index)
+        if check.min_value is not None:
+            bad |= col < check.min_value
+        if check.max_value is not None:
+            bad |= col > check.max_value
+        return bad & col.notna()
+    if check.kind == "allowed":
+        return col.notna() & ~col.isin(list(check.allowed))
+    if check.kind == "not_future":
+        return col.notna() & (col > pd.Timestamp(inputs.window_end))
+    if check.kind == "unique":
+        return col.notna() & col.duplicated(keep=False)
+    if check.kind == "unique_vin":
+        return ~frame[VIN_OK]
+    if check.kind == "fk":
+        return ~frame[fk_flag(check.column)]
+    if check.kind == "type":
+        return type_fail.get(check.column, pd.Series(False, index=frame.index))
+    raise GateError(f"no row mask for check kind {check.kind!r}")
+
+
+def run_gate(df: pd.DataFrame, contract: Table, inputs: GateInputs, validator: GxValidator,
+             run_name: str) -> GateOutcome:
+    """Validate one landed batch ``df`` of ``contract`` and split it; see the module docstring."""
+    rows_in = len(df)
+    frame, type_fail = check_frame(df, contract)
+    frame = add_flags(frame, contract, inputs.parent_keys, inputs.used_vins)
+    rchecks, bchecks = row_checks(contract), batch_checks(contract)
+    params = {"window_end": pd.Timestamp(inputs.window_end).to_pydatetime(),
+              **volume_params(inputs.recent_counts, inputs.append_only)}
+    validation = validator.validate(frame, contract, rchecks + bchecks, params, run_name)
+
+    key = df[contract.key].astype(str) if contract.key in df.columns else pd.Series(
+        df.index.astype(str), index=df.index)
+    failures: list[Failure] = []
+    reasons = np.full(rows_in, "", dtype=object)
+
+    def add_reason(mask: pd.Series, name: str) -> None:
+        idx = np.flatnonzero(mask.to_numpy(dtype=bool))
+        if len(idx):
+            reasons[idx] = [f"{r};{name}" if r else name for r in reasons[idx]]
+
+    # type failures: one GX expectation, one reason per column
+    type_result = validation.results.get("type")
+    if type_result is not None and not type_result.success:
+        total = ~frame[TYPES_OK]
+        _agree("type", type_result.unexpected_count, int(total.sum()))
+        for column, mask in type_fail.items():
+            add_reason(mask, f"type:{column}")
+            failures.append(Failure(f"type:{column}", "row", int(mask.sum()), _sample(key, mask)))
+    for check in rchecks:
+        if check.kind == "type":
+            continue
+        result = validation.results.get(check.name)
+        if result is None:
+            raise GateError(f"GX returned no result for {check.name} of {contract.source}.{contract.name}")
+        if result.success:
+            continue
+        mask = _masks(frame, check, contract, inputs, type_fail)
+        if result.error is None:
+            _agree(check.name, result.unexpected_count, int(mask.sum()))
+        add_reason(mask, check.name)
+        failures.append(Failure(check.name, "row", int(mask.sum()), _sample(key, mask), result.error))
+
+    blocked = False
+    for check in bchecks:
+        result = validation.results.get(check.name)
+        if result is None or result.success:
+            continue
+        blocked = True
+        failures.append(Failure(check.name, BATCH, rows_in, [], _batch_detail(check, result, frame, contract)))
+
+    bad = pd.Series(reasons != "", index=df.index)
+    if blocked:
+        names = ",".join(f.check for f in failures if f.severity == BATCH)
+        reasons = np.array([f"blocked:{names};{r}" if r else f"blocked:{names}" for r in reasons], dtype=object)
+        bad = pd.Series(True, index=df.index)
+    accepted = df[~bad.to_numpy()]
+    quarantined = df[bad.to_numpy()].copy()
+    quarantined[REASONS] = reasons[bad.to_numpy()]
+    if len(accepted) + len(quarantined) != rows_in:
+        raise GateError(f"rows in {rows_in} != accepted {len(accepted)} + quarantined {len(quarantined)}")
+    return GateOutcome(rows_in, accepted, quarantined, failures, blocked, validation)
+
+
+def _agree(name: str, gx_count, mask_count: int) -> None:
+    if gx_count is not None and int(gx_count) != mask_count:
+        raise GateError(f"GX counts {gx_count} rows failing {name} but the quarantine split found "
+                        f"{mask_count}: the check and its row mask disagree")
+
+
+def _sample(key: pd.Series, mask: pd.Series) -> list[str]:
+    return key[mask.to_numpy(dtype=bool)].head(SAMPLE_KEYS).tolist()
+
+
+def _batch_detail(check: Check, result, frame: pd.DataFrame, contract: Table) -> str:
+    if check.kind == "schema":
+        present = [c for c in frame.columns if not c.startswith("_")]
+        missing = [c for c in contract.column_names if c not in present]
+        unexpected = [c for c in present if c not in contract.column_names]
+        return f"missing column(s) {missing}; unexpected column(s) {unexpected}"
+    if result.error:
+        return result.error
+    return f"observed {result.observed}"
