@@ -28,7 +28,7 @@ def _blank_mask(s: pd.Series) -> pd.Series:
         return pd.Series(False, index=s.index)
     if pd.api.types.infer_dtype(s, skipna=True) not in ("string", "mixed", "mixed-integer", "empty"):
         return pd.Series(False, index=s.index)
-    text = s.where(s.map(type, na_action="ignore") == str) if pd.api.types.infer_dtype(s, skipna=True) != "string" else s
+    text = s.where(s.map(lambda v: isinstance(v, str), na_action="ignore").fillna(False).astype(bool)) if pd.api.types.infer_dtype(s, skipna=True) != "string" else s
     return (text.str.strip() == "").fillna(False).astype(bool)
 
 
@@ -64,7 +64,7 @@ def coerce_column(s: pd.Series, col: Column) -> pd.Series:
     if pd.api.types.infer_dtype(s, skipna=True) in ("string", "empty"):
         out = s if pd.api.types.is_string_dtype(s.dtype) else s.astype("str")
     else:
-        out = s.where(s.map(type, na_action="ignore") == str).astype("str")
+        out = s.where(s.map(lambda v: isinstance(v, str), na_action="ignore").fillna(False).astype(bool)).astype("str")
     blank = _blank_mask(out)
     return out.mask(blank) if blank.any() else out
 
@@ -169,7 +169,7 @@ def add_flags(frame: pd.DataFrame, contract: Table, parent_keys: dict[str, pd.In
             raise KeyError(f"no parent keys given for {fk.table}.{fk.ref_column}")
         values = frame[fk.column]
         frame[fk_flag(fk.column)] = values.isna() | isin(values, keys)
-    if contract.unique_vin and "vin" in frame.columns:
+    if contract.unique_vin and contract.key != "vin" and "vin" in frame.columns:
         vin = frame["vin"]
         ok = vin.isna() | ~vin.duplicated(keep="first")
         if used_vins is not None and len(used_vins):

@@ -80,7 +80,7 @@ def row_checks(contract: Table) -> list[Check]:
                                 description=f"{c.name} is not after the end of the business day"))
     checks.append(Check(f"unique:{contract.key}", "unique", ROW, contract.key,
                         description=f"{contract.key} is unique in the batch (every copy is quarantined)"))
-    if contract.unique_vin:
+    if contract.unique_vin and contract.key != "vin":  # a VIN key is covered by unique:vin
         checks.append(Check("unique_vin", "unique_vin", ROW, "vin",
                             description="the VIN is not already used by another row (the first one wins)"))
     for fk in contract.foreign_keys:

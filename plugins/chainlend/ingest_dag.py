@@ -1,4 +1,4 @@
-"""The ingestion DAG of one source: land every contract table, then mark the source's Asset.
+"""The ingestion DAG of one source: land every table, gate it, then mark the source's Asset.
 
 Kept out of the DAG files so ``ingest_erp`` and ``ingest_dealer`` are the same wiring; heavy
 work happens in :mod:`chainlend.ingest`, imported inside the task bodies.
@@ -14,32 +14,67 @@ from sources.contract import TABLES
 
 
 def build_ingest_dag(source: str, *, doc_md: str | None = None):
-    """Build ``ingest_<source>``: one ``land_<table>`` task per table, then ``publish``."""
+    """Build ``ingest_<source>``: ``land_<table>`` >> ``gate_<table>`` per table, then ``publish``."""
 
     @task(task_id="land")
     def land(table: str) -> dict:
         from airflow.sdk.exceptions import AirflowFailException
 
+        from chainlend.alerts import alert_once, data_owners, gx_paths
         from chainlend.dates import business_date_from_context
-        from chainlend.ingest import IngestError, extract_load
+        from chainlend.ingest import IngestError, SchemaDriftError, extract_load
+        from chainlend.mail import Mailer
+        from chainlend.quality import gate_schema_drift, validator_for
         from chainlend.systems import SOURCE_CLASSES, Warehouse
         from sources.contract import table as contract_table
 
         context = get_current_context()
         as_of = business_date_from_context(context)
+        src, warehouse, contract = SOURCE_CLASSES[source].from_conn(), Warehouse.from_conn(), contract_table(source, table)
         try:
-            result = extract_load(
-                SOURCE_CLASSES[source].from_conn(), Warehouse.from_conn(),
-                contract_table(source, table), as_of, context["run_id"],
-            )
+            result = extract_load(src, warehouse, contract, as_of, context["run_id"])
+        except SchemaDriftError as exc:  # the schema expectation blocks the batch; rows stay in the source
+            summary = gate_schema_drift(warehouse, validator_for(*gx_paths()), contract, as_of,
+                                        context["run_id"], src.columns(table))
+            alert_once(warehouse, Mailer(), summary, as_of, data_owners(source))
+            raise AirflowFailException(f"blocked: {exc}") from exc
         except IngestError as exc:  # a broken contract: retrying cannot help
             raise AirflowFailException(str(exc)) from exc
         return {"batch_id": result.batch_id, "rows": result.rows, "business_date": as_of.isoformat()}
 
+    @task(task_id="gate")
+    def gate(landed: dict, table: str) -> dict:
+        """Validate the batch with its GX suite, publish accepted rows, quarantine the rest."""
+        import datetime as dt
+
+        from airflow.sdk.exceptions import AirflowFailException
+
+        from chainlend.alerts import alert_once, data_owners, gx_paths
+        from chainlend.mail import Mailer
+        from chainlend.quality import gate_batch, validator_for
+        from chainlend.systems import Warehouse
+        from sources.contract import table as contract_table
+
+        context = get_current_context()
+        as_of = dt.date.fromisoformat(landed["business_date"])
+        warehouse = Warehouse.from_conn()
+        summary = gate_batch(warehouse, validator_for(*gx_paths()), contract_table(source, table), as_of,
+                             context["run_id"])
+        alert_once(warehouse, Mailer(), summary, as_of, data_owners(source))
+        if summary.blocked:
+            failing = "; ".join(f"{f['check']}: {f['detail']}" for f in summary.failures if f["severity"] == "batch")
+            raise AirflowFailException(f"batch {summary.batch_id} blocked by {failing}")
+        return {"batch_id": summary.batch_id, "rows": summary.rows_in, "published": summary.published,
+                "quarantined": summary.quarantined}
+
     @task(task_id="publish", outlets=[SOURCE_ASSETS[source]])
     def publish(batches: list[dict]) -> dict:
-        """Every table landed: record the day's batches on the source's Asset event."""
+        """Every table passed its gate: record the day's batches on the source's Asset event."""
+        from chainlend.alerts import gx_paths
+        from chainlend.quality import validator_for
+
         context = get_current_context()
+        validator_for(*gx_paths()).build_index()
         summary = {b["batch_id"]: b["rows"] for b in batches}
         context["outlet_events"][SOURCE_ASSETS[source]].extra = {"batches": summary}
         return {"batches": summary}
@@ -56,7 +91,10 @@ def build_ingest_dag(source: str, *, doc_md: str | None = None):
         doc_md=doc_md,
     )
     def ingest():
-        landed = [land.override(task_id=f"land_{t.name}")(t.name) for t in TABLES[source]]
-        publish(landed)
+        gated = []
+        for t in TABLES[source]:
+            landed = land.override(task_id=f"land_{t.name}")(t.name)
+            gated.append(gate.override(task_id=f"gate_{t.name}")(landed, t.name))
+        publish(gated)
 
     return ingest()

@@ -105,7 +105,50 @@ class Warehouse:
             sa.Column("recorded_at", sa.DateTime, nullable=False),
             sa.Index("ix_ingest_batches_table_date", "source", "table_name", "business_date"),
         )
+        self.gate_results = sa.Table(
+            "gate_results", self.metadata,
+            sa.Column("batch_id", sa.String(128), primary_key=True),
+            sa.Column("source", sa.String(32), nullable=False),
+            sa.Column("table_name", sa.String(64), nullable=False),
+            sa.Column("business_date", sa.Date, nullable=False),
+            sa.Column("run_id", sa.String(255), nullable=False),
+            sa.Column("rows_in", sa.BigInteger, nullable=False),
+            sa.Column("published", sa.BigInteger, nullable=False),
+            sa.Column("quarantined", sa.BigInteger, nullable=False),
+            sa.Column("blocked", sa.Boolean, nullable=False),
+            sa.Column("failures", sa.Text, nullable=False),  # JSON list
+            sa.Column("docs_url", sa.Text, nullable=True),
+            sa.Column("validated_at", sa.DateTime, nullable=False),
+        )
+        self.quarantine = sa.Table(
+            "quarantine", self.metadata,
+            sa.Column("quarantine_id", sa.BigInteger().with_variant(sa.Integer, "sqlite"),
+                      primary_key=True, autoincrement=True),
+            sa.Column("batch_id", sa.String(128), nullable=False),
+            sa.Column("run_id", sa.String(255), nullable=False),
+            sa.Column("source", sa.String(32), nullable=False),
+            sa.Column("table_name", sa.String(64), nullable=False),
+            sa.Column("seq", sa.BigInteger, nullable=False),
+            sa.Column("key_value", sa.String(255), nullable=True),
+            sa.Column("reasons", sa.Text, nullable=False),
+            sa.Column("row_json", sa.Text, nullable=False),
+            sa.Column("quarantined_at", sa.DateTime, nullable=False),
+            sa.Column("status", sa.String(16), nullable=False),  # open | resolved
+            sa.Column("resolved_batch_id", sa.String(128), nullable=True),
+            sa.Column("resolved_at", sa.DateTime, nullable=True),
+            sa.Index("ix_quarantine_batch", "batch_id"),
+            sa.Index("ix_quarantine_key", "source", "table_name", "key_value", "status"),
+        )
+        self.alerts = sa.Table(
+            "alerts", self.metadata,
+            sa.Column("batch_id", sa.String(128), primary_key=True),
+            sa.Column("kind", sa.String(32), primary_key=True),
+            sa.Column("subject", sa.Text, nullable=False),
+            sa.Column("recipients", sa.Text, nullable=False),
+            sa.Column("sent_at", sa.DateTime, nullable=False),
+        )
         self._landing: dict[tuple[str, str], sa.Table] = {}
+        self._published: dict[tuple[str, str], sa.Table] = {}
 
     @classmethod
     def from_url(cls, url: str | sa.URL) -> Warehouse:
@@ -132,11 +175,39 @@ class Warehouse:
             )
         return self._landing[key]
 
+    def published(self, contract: Table) -> sa.Table:
+        """The published table: rows that passed the gate, one per key (latest batch wins)."""
+        key = (contract.source, contract.name)
+        if key not in self._published:
+            name = f"published_{contract.source}_{contract.name}"
+            self._published[key] = sa_table(
+                contract, self.metadata, name=name,
+                extra=(sa.Column(BATCH_ID, sa.String(128), nullable=False),
+                       sa.Column(SEQ, sa.BigInteger, nullable=False),
+                       sa.Index(f"ux_{name}_key", contract.key, unique=True)),
+                indexes=(BATCH_ID,),
+            )
+        return self._published[key]
+
+    def read_published(self, contract: Table):
+        import pandas as pd
+
+        table = self.published(contract)
+        with self.engine.connect() as conn:
+            return pd.read_sql(sa.select(table).order_by(table.c[contract.key]), conn)
+
+    def read_table(self, table: sa.Table, *where):
+        import pandas as pd
+
+        with self.engine.connect() as conn:
+            return pd.read_sql(sa.select(table).where(*where), conn)
+
     def create_all(self) -> None:
-        """Create the batch log and every landing table that does not exist yet."""
+        """Create the batch log, the gate's tables and every landing/published table."""
         for tables in TABLES.values():
             for contract in tables:
                 self.landing(contract)
+                self.published(contract)
         self.metadata.create_all(self.engine, checkfirst=True)
 
     def read_landing(self, contract: Table, batch_id: str | None = None):

@@ -1,0 +1,209 @@
+"""The data-quality gate between landing and publishing (Airflow-free; called from the DAGs).
+
+For one landed batch: gather what the checks need from the warehouse, run
+:func:`expectations.gate.run_gate`, then in one transaction publish the accepted rows (upsert by
+key; a later batch's version is never overwritten by a re-run of an earlier one), store the
+quarantined rows with their reasons, close the open quarantine records of keys that now
+published (replay), and record the batch's gate result. Re-running a batch replaces its own
+published and quarantined rows, so the outcome is the same.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from dataclasses import dataclass
+
+import pandas as pd
+import sqlalchemy as sa
+
+from chainlend.ingest import LANDED, batch_id_for, window_end_for
+from chainlend.systems import BATCH_ID, LINEAGE_COLUMNS, SEQ, Warehouse
+from expectations.gate import REASONS, GateInputs, GateOutcome, run_gate
+from expectations.gx_runner import GxValidator
+from sources.contract import TABLES, Table
+from sources.contract import table as contract_table
+
+# Tables whose rows are maintained in place by the source (master data); the rest are
+# append-only event tables with daily traffic (volume and freshness checks apply to them).
+MASTER_TABLES = {
+    "erp": {"suppliers", "supplier_links", "parts", "vehicle_models", "bom", "sub_bom"},
+    "dealer": {"dealers"},
+}
+
+
+@dataclass(frozen=True)
+class GateSummary:
+    batch_id: str
+    source: str
+    table: str
+    rows_in: int
+    published: int
+    quarantined: int
+    blocked: bool
+    failures: list[dict]
+    docs_url: str | None
+
+
+def gate_inputs(warehouse: Warehouse, contract: Table, business_date: dt.date,
+                batch_id: str) -> GateInputs:
+    """What the checks of ``contract`` need to know beyond the batch itself."""
+    parent_keys = {}
+    with warehouse.engine.connect() as conn:
+        for fk in contract.foreign_keys:
+            parent = warehouse.landing(contract_table(contract.source, fk.table))
+            col = parent.c[fk.ref_column]
+            keys = [k for (k,) in conn.execute(sa.select(col).where(col.is_not(None)).distinct())]
+            parent_keys[f"{fk.table}.{fk.ref_column}"] = pd.Index(keys, dtype="str")
+        used_vins = None
+        if contract.unique_vin:
+            pub = warehouse.published(contract)
+            rows = conn.execute(sa.select(pub.c.vin, pub.c[contract.key]).where(
+                pub.c[BATCH_ID] != batch_id, pub.c.vin.is_not(None))).all()
+            used_vins = pd.Series([r[1] for r in rows], index=pd.Index([r[0] for r in rows], dtype="str"),
+                                  dtype="str")
+            used_vins = used_vins[~used_vins.index.duplicated(keep="first")]
+        b = warehouse.batches.c
+        recent = [n for (n,) in conn.execute(
+            sa.select(b.rows_extracted).where(
+                b.source == contract.source, b.table_name == contract.name, b.status == LANDED,
+                b.business_date < business_date, b.window_start.is_not(None),
+            ).order_by(b.business_date.desc()).limit(5))]
+    return GateInputs(
+        window_end=window_end_for(business_date), parent_keys=parent_keys, used_vins=used_vins,
+        recent_counts=tuple(reversed(recent)),
+        append_only=contract.name not in MASTER_TABLES[contract.source],
+    )
+
+
+def gate_batch(warehouse: Warehouse, validator: GxValidator, contract: Table, business_date: dt.date,
+               run_id: str, *, now: dt.datetime | None = None) -> GateSummary:
+    """Validate, split and publish the landed batch of ``contract`` for ``business_date``."""
+    now = now or dt.datetime.now(dt.UTC).replace(tzinfo=None)
+    batch_id = batch_id_for(contract, business_date)
+    warehouse.metadata.create_all(warehouse.engine, checkfirst=True, tables=[
+        warehouse.gate_results, warehouse.quarantine, warehouse.alerts, warehouse.published(contract)])
+    landed = warehouse.read_landing(contract, batch_id)
+    inputs = gate_inputs(warehouse, contract, business_date, batch_id)
+    frame = landed.drop(columns=[c for c in LINEAGE_COLUMNS if c in landed.columns])
+    outcome = run_gate(frame, contract, inputs, validator, run_name=batch_id)
+    seqs = landed[SEQ]
+    with warehouse.engine.begin() as conn:
+        _publish(conn, warehouse, contract, batch_id, outcome, seqs)
+        _quarantine(conn, warehouse, contract, batch_id, run_id, outcome, seqs, now)
+        summary = _record(conn, warehouse, contract, business_date, batch_id, run_id, outcome, now)
+    return summary
+
+
+def gate_schema_drift(warehouse: Warehouse, validator: GxValidator, contract: Table,
+                      business_date: dt.date, run_id: str, source_columns: list[str], *,
+                      now: dt.datetime | None = None) -> GateSummary:
+    """Run the suite on the drifted shape of the source table (no rows landed): blocks the batch."""
+    now = now or dt.datetime.now(dt.UTC).replace(tzinfo=None)
+    batch_id = batch_id_for(contract, business_date)
+    warehouse.metadata.create_all(warehouse.engine, checkfirst=True, tables=[
+        warehouse.gate_results, warehouse.quarantine, warehouse.alerts])
+    empty = pd.DataFrame({c: pd.Series(dtype=object) for c in source_columns})
+    inputs = GateInputs(window_end=window_end_for(business_date),
+                        parent_keys={f"{fk.table}.{fk.ref_column}": pd.Index([]) for fk in contract.foreign_keys})
+    outcome = run_gate(empty, contract, inputs, validator, run_name=batch_id)
+    with warehouse.engine.begin() as conn:
+        return _record(conn, warehouse, contract, business_date, batch_id, run_id, outcome, now)
+
+
+def _publish(conn, warehouse, contract, batch_id, outcome: GateOutcome, seqs: pd.Series) -> None:
+    pub = warehouse.published(contract)
+    key = pub.c[contract.key]
+    conn.execute(sa.delete(pub).where(pub.c[BATCH_ID] == batch_id))
+    accepted = outcome.accepted
+    if accepted.empty:
+        return
+    keys = accepted[contract.key].astype(str).tolist()
+    newer = {k for (k,) in conn.execute(sa.select(key).where(pub.c[BATCH_ID] > batch_id))}
+    conn.execute(sa.delete(pub).where(key == sa.bindparam("k")), [{"k": k} for k in keys if k not in newer])
+    records = accepted.assign(**{BATCH_ID: batch_id, SEQ: seqs.loc[accepted.index].to_numpy()})
+    if newer:
+        records = records[~records[contract.key].astype(str).isin(newer)]
+    for c in contract.columns:  # ints read back as float when the batch had nulls
+        if c.type == "int":
+            records[c.name] = pd.to_numeric(records[c.name]).astype("Int64")
+    rows = _records(records, list(contract.column_names) + [BATCH_ID, SEQ])
+    for start in range(0, len(rows), 50_000):
+        conn.execute(pub.insert(), rows[start:start + 50_000])
+
+
+def _quarantine(conn, warehouse, contract, batch_id, run_id, outcome: GateOutcome, seqs, now) -> None:
+    q = warehouse.quarantine
+    conn.execute(sa.delete(q).where(q.c.batch_id == batch_id))
+    # replay: keys that published now close earlier open records of the same table
+    if not outcome.accepted.empty:
+        conn.execute(
+            sa.update(q).where(q.c.source == contract.source, q.c.table_name == contract.name,
+                               q.c.status == "open", q.c.key_value == sa.bindparam("k"))
+            .values(status="resolved", resolved_batch_id=batch_id, resolved_at=now),
+            [{"k": k} for k in outcome.accepted[contract.key].astype(str).unique().tolist()],
+        )
+    bad = outcome.quarantined
+    if bad.empty:
+        return
+    payload = bad.drop(columns=[REASONS])
+    rows = []
+    for idx, rec in zip(bad.index, _records(payload, list(payload.columns)), strict=True):
+        k = rec.get(contract.key)
+        rows.append({
+            "batch_id": batch_id, "run_id": run_id, "source": contract.source, "table_name": contract.name,
+            "seq": int(seqs.loc[idx]), "key_value": None if k is None else str(k),
+            "reasons": bad.at[idx, REASONS], "row_json": json.dumps(rec, default=str, ensure_ascii=False),
+            "quarantined_at": now, "status": "open", "resolved_batch_id": None, "resolved_at": None,
+        })
+    conn.execute(q.insert(), rows)
+
+
+def _record(conn, warehouse, contract, business_date, batch_id, run_id, outcome: GateOutcome, now) -> GateSummary:
+    failures = [{"check": f.check, "severity": f.severity, "count": f.count, "sample_keys": f.sample_keys,
+                 "detail": f.detail} for f in outcome.failures]
+    published = 0 if outcome.blocked else len(outcome.accepted)
+    g = warehouse.gate_results
+    conn.execute(sa.delete(g).where(g.c.batch_id == batch_id))
+    conn.execute(g.insert(), [{
+        "batch_id": batch_id, "source": contract.source, "table_name": contract.name,
+        "business_date": business_date, "run_id": run_id, "rows_in": outcome.rows_in,
+        "published": published, "quarantined": len(outcome.quarantined), "blocked": outcome.blocked,
+        "failures": json.dumps(failures, default=str), "docs_url": outcome.validation.docs_url,
+        "validated_at": now,
+    }])
+    return GateSummary(batch_id, contract.source, contract.name, outcome.rows_in, published,
+                       len(outcome.quarantined), outcome.blocked, failures, outcome.validation.docs_url)
+
+
+def _records(df: pd.DataFrame, columns: list[str]) -> list[dict]:
+    """Rows as dicts of plain Python values (NaN/NaT → None) for SQLAlchemy."""
+    out = df[columns].astype(object).where(df[columns].notna(), None)
+    return out.to_dict("records")
+
+
+def open_quarantine(warehouse: Warehouse, source: str | None = None, table: str | None = None) -> pd.DataFrame:
+    q = warehouse.quarantine
+    where = [q.c.status == "open"]
+    if source:
+        where.append(q.c.source == source)
+    if table:
+        where.append(q.c.table_name == table)
+    return warehouse.read_table(q, *where)
+
+
+_VALIDATORS: dict[tuple[str, str], GxValidator] = {}
+
+
+def validator_for(project_dir: str, docs_dir: str) -> GxValidator:
+    """One GX validator per process and folder pair (the file context loads once)."""
+    from pathlib import Path
+
+    key = (project_dir, docs_dir)
+    if key not in _VALIDATORS:
+        _VALIDATORS[key] = GxValidator(Path(project_dir), Path(docs_dir))
+    return _VALIDATORS[key]
+
+
+def all_contracts() -> list[Table]:
+    return [t for tables in TABLES.values() for t in tables]
