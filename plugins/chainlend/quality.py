@@ -49,6 +49,8 @@ def gate_inputs(warehouse: Warehouse, contract: Table, business_date: dt.date,
                 batch_id: str) -> GateInputs:
     """What the checks of ``contract`` need to know beyond the batch itself."""
     parent_keys = {}
+    parents = [warehouse.landing(contract_table(contract.source, fk.table)) for fk in contract.foreign_keys]
+    warehouse.metadata.create_all(warehouse.engine, tables=parents, checkfirst=True)
     with warehouse.engine.connect() as conn:
         for fk in contract.foreign_keys:
             parent = warehouse.landing(contract_table(contract.source, fk.table))
