@@ -53,9 +53,8 @@ def coerce_column(s: pd.Series, col: Column) -> pd.Series:
             out = s
             if getattr(out.dt, "tz", None) is not None:
                 out = out.dt.tz_convert("UTC").dt.tz_localize(None)
-            return out.astype("datetime64[ns]")
-        return pd.to_datetime(s.map(_time_text, na_action="ignore"), errors="coerce", format="mixed")\
-            .astype("datetime64[ns]")
+            return _as_ns(out)
+        return _as_ns(pd.to_datetime(s.map(_time_text, na_action="ignore"), errors="coerce", format="mixed"))
     if col.type == "bool":
         if pd.api.types.is_bool_dtype(s.dtype):
             return s.astype(object)
@@ -67,6 +66,15 @@ def coerce_column(s: pd.Series, col: Column) -> pd.Series:
         out = s.where(s.map(lambda v: isinstance(v, str), na_action="ignore").fillna(False).astype(bool)).astype("str")
     blank = _blank_mask(out)
     return out.mask(blank) if blank.any() else out
+
+
+def _as_ns(out: pd.Series) -> pd.Series:
+    """Naive datetimes as datetime64[ns]; a time outside its range (years 1677-2262) becomes null."""
+    if out.dtype != "datetime64[ns]":
+        outside = (out < pd.Timestamp.min) | (out > pd.Timestamp.max)
+        if outside.any():
+            out = out.mask(outside)
+    return out.astype("datetime64[ns]")
 
 
 def _number(v):
@@ -120,6 +128,8 @@ def check_frame(df: pd.DataFrame, contract: Table) -> tuple[pd.DataFrame, dict[s
         if col.name not in df.columns:
             continue
         raw = df[col.name]
+        if isinstance(raw.dtype, pd.CategoricalDtype):
+            raw = raw.astype(object)  # judge the values, not the categories
         coerced = coerce_column(raw, col)
         was_value = raw.notna() & ~_blank_mask(raw)
         fail = was_value & coerced.isna()

@@ -135,6 +135,8 @@ def run_gate(df: pd.DataFrame, contract: Table, inputs: GateInputs, validator: G
     for check in rchecks:
         if check.kind == "type":
             continue
+        if check.column is not None and check.column not in frame.columns:
+            continue  # a missing column fails the batch-level schema check instead
         result = validation.results.get(check.name)
         if result is None:
             raise GateError(f"GX returned no result for {check.name} of {contract.source}.{contract.name}")
@@ -164,6 +166,7 @@ def run_gate(df: pd.DataFrame, contract: Table, inputs: GateInputs, validator: G
     quarantined[REASONS] = reasons[bad.to_numpy()]
     if len(accepted) + len(quarantined) != rows_in:
         raise GateError(f"rows in {rows_in} != accepted {len(accepted)} + quarantined {len(quarantined)}")
+    failures.sort(key=lambda f: f.severity != BATCH)  # batch-level verdicts first
     return GateOutcome(rows_in, accepted, quarantined, failures, blocked, validation)
 
 

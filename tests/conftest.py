@@ -21,10 +21,15 @@ os.environ["CHAINLEND_VAR"] = str(_TEST_VAR)
 for _key in [k for k in os.environ if k.startswith(("AIRFLOW__", "AIRFLOW_CONN_"))] + ["AIRFLOW_HOME"]:
     os.environ.pop(_key, None)
 os.environ["AIRFLOW__LOGGING__LOGGING_LEVEL"] = "WARNING"
+os.environ["CHAINLEND_RETRY_DELAY_S"] = "1"  # a transient failure retries after 1 s, not 1 min
 
 from chainlend import settings  # noqa: E402
+from chainlend.mail import SmtpSink  # noqa: E402
 
 settings.apply_embedded_defaults()
+# every DAG run in the session mails a real SMTP server on loopback (quality alerts)
+_SESSION_SINK = SmtpSink(_TEST_VAR / "mail").__enter__()
+os.environ["AIRFLOW_CONN_SMTP_DEFAULT"] = _SESSION_SINK.connection_json()
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 PG_ADMIN_URL = os.environ.get("CHAINLEND_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
@@ -92,6 +97,14 @@ def mariadb_url():
     admin, db, url = _server_database(MARIADB_ADMIN_URL, "maria", "MariaDB")
     yield url
     _drop(admin, db, "MariaDB")
+
+
+@pytest.fixture
+def mailbox(tmp_path, monkeypatch):
+    """A fresh SMTP server on 127.0.0.1 that this test's DAG runs mail to."""
+    with SmtpSink(tmp_path / "mail") as sink:
+        monkeypatch.setenv("AIRFLOW_CONN_SMTP_DEFAULT", sink.connection_json())
+        yield sink
 
 
 @pytest.fixture

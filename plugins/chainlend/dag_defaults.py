@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
 
 from airflow.sdk import Param
 
@@ -14,7 +15,8 @@ BUSINESS_DAYS_2300 = "0 23 * * 1-5"
 DEFAULT_ARGS = {
     "owner": "data-engineering",
     "retries": 2,
-    "retry_delay": dt.timedelta(minutes=1),
+    # CHAINLEND_RETRY_DELAY_S shortens the wait in tests; read at parse time, no IO
+    "retry_delay": dt.timedelta(seconds=float(os.environ.get("CHAINLEND_RETRY_DELAY_S", "60"))),
     "retry_exponential_backoff": True,
 }
 

@@ -38,7 +38,8 @@ class SmtpSink:
         from aiosmtpd.handlers import Mailbox
 
         self.maildir = Path(maildir)
-        self.maildir.mkdir(parents=True, exist_ok=True)
+        for sub in ("tmp", "new", "cur"):  # Maildir(create=True) skips them if the folder exists
+            (self.maildir / sub).mkdir(parents=True, exist_ok=True)
         if port == 0:
             port = _free_port(host)
         self.host, self.port = host, port
