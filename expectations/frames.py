@@ -120,7 +120,8 @@ def check_frame(df: pd.DataFrame, contract: Table) -> tuple[pd.DataFrame, dict[s
     """The frame the checks see, and ``{column: mask}`` of values that failed type coercion.
 
     Contract columns missing from ``df`` stay missing (the schema check blocks the batch);
-    unexpected columns are kept as they are so the schema check can name them.
+    unexpected columns are kept by name only (all null: their values are never read, and GX
+    hashes every column, which raises on e.g. undecodable bytes) so the schema check can name them.
     """
     out = {}
     type_fail: dict[str, pd.Series] = {}
@@ -139,7 +140,7 @@ def check_frame(df: pd.DataFrame, contract: Table) -> tuple[pd.DataFrame, dict[s
     frame = pd.DataFrame(out, index=df.index)
     for name in df.columns:
         if name not in frame.columns and not name.startswith("_"):
-            frame[name] = df[name]
+            frame[name] = pd.Series(np.nan, index=df.index)
     ok = pd.Series(True, index=df.index)
     for fail in type_fail.values():
         ok &= ~fail

@@ -45,6 +45,8 @@ class Failure:
     count: int
     sample_keys: list[str]
     detail: str | None = None
+    column: str | None = None
+    sample_values: list[str] = field(default_factory=list)  # the failing column's raw values
 
 
 @dataclass
@@ -114,7 +116,8 @@ def run_gate(df: pd.DataFrame, contract: Table, inputs: GateInputs, validator: G
               **volume_params(inputs.recent_counts, inputs.append_only)}
     validation = validator.validate(frame, contract, rchecks + bchecks, params, run_name)
 
-    key = df[contract.key].astype(str) if contract.key in df.columns else pd.Series(
+    # raw keys: _sample renders the few it reports (astype(str) raises on undecodable bytes)
+    key = df[contract.key] if contract.key in df.columns else pd.Series(
         df.index.astype(str), index=df.index)
     failures: list[Failure] = []
     reasons = np.full(rows_in, "", dtype=object)
@@ -131,7 +134,8 @@ def run_gate(df: pd.DataFrame, contract: Table, inputs: GateInputs, validator: G
         _agree("type", type_result.unexpected_count, int(total.sum()))
         for column, mask in type_fail.items():
             add_reason(mask, f"type:{column}")
-            failures.append(Failure(f"type:{column}", "row", int(mask.sum()), _sample(key, mask)))
+            failures.append(Failure(f"type:{column}", "row", int(mask.sum()), _sample(key, mask),
+                                    column=column, sample_values=_sample(df[column], mask)))
     for check in rchecks:
         if check.kind == "type":
             continue
@@ -146,7 +150,9 @@ def run_gate(df: pd.DataFrame, contract: Table, inputs: GateInputs, validator: G
         if result.error is None:
             _agree(check.name, result.unexpected_count, int(mask.sum()))
         add_reason(mask, check.name)
-        failures.append(Failure(check.name, "row", int(mask.sum()), _sample(key, mask), result.error))
+        values = _sample(df[check.column], mask) if check.column in df.columns else []
+        failures.append(Failure(check.name, "row", int(mask.sum()), _sample(key, mask), result.error,
+                                column=check.column, sample_values=values))
 
     blocked = False
     for check in bchecks:
@@ -176,8 +182,8 @@ def _agree(name: str, gx_count, mask_count: int) -> None:
                         f"{mask_count}: the check and its row mask disagree")
 
 
-def _sample(key: pd.Series, mask: pd.Series) -> list[str]:
-    return key[mask.to_numpy(dtype=bool)].head(SAMPLE_KEYS).tolist()
+def _sample(values: pd.Series, mask: pd.Series) -> list[str]:
+    return [str(v) for v in values[mask.to_numpy(dtype=bool)].head(SAMPLE_KEYS).tolist()]
 
 
 def _batch_detail(check: Check, result, frame: pd.DataFrame, contract: Table) -> str:

@@ -54,7 +54,7 @@ def compose(summary, business_date: dt.date) -> tuple[str, str, str]:
     subject = f"[chainlend] {summary.source}.{summary.table} batch {summary.batch_id}: {verdict}"
     rows = "".join(
         f"<tr><td>{html.escape(f['check'])}</td><td>{f['severity']}</td><td>{f['count']:,}</td>"
-        f"<td>{html.escape(', '.join(map(str, f['sample_keys'])))}</td>"
+        f"<td>{html.escape(', '.join(_pairs(f)))}</td>"
         f"<td>{html.escape(f['detail'] or '')}</td></tr>"
         for f in summary.failures
     )
@@ -69,9 +69,16 @@ def compose(summary, business_date: dt.date) -> tuple[str, str, str]:
         f"(business date {business_date}): {summary.rows_in:,} row(s) in, {summary.published:,} published, "
         f"{summary.quarantined:,} quarantined.</p>"
         "<table border='1' cellpadding='4'><tr><th>expectation</th><th>severity</th><th>rows</th>"
-        f"<th>sample keys</th><th>detail</th></tr>{rows}</table>{docs}{action}"
+        f"<th>sample keys (value)</th><th>detail</th></tr>{rows}</table>{docs}{action}"
     )
     return kind, subject, body
+
+
+def _pairs(failure: dict) -> list[str]:
+    values = failure.get("sample_values") or []
+    if len(values) != len(failure["sample_keys"]):
+        return [str(k) for k in failure["sample_keys"]]
+    return [f"{k} ({v})" for k, v in zip(failure["sample_keys"], values, strict=True)]
 
 
 def alert_once(warehouse: Warehouse, mailer, summary, business_date: dt.date, recipients: list[str],

@@ -66,6 +66,10 @@ def cmd_demo(args) -> int:
         for name, t in tables.items():
             for b in t["blocked"]:
                 print(f"    blocked {source}.{name} on {b['business_date']}: {b['detail']}")
+    q = report["quality"]
+    print(f"  quality: {q['batches_validated']} batches validated, {q['batches_blocked']} blocked, "
+          f"{q['rows_quarantined']:,} rows quarantined, {q['alerts_sent']} alert mails in {report['run']['mailbox']}")
+    print(f"  Data Docs: {q['data_docs_index']}")
     print(f"Report: {report['run']['report_json']} and {report['run']['report_md']}")
     return 0
 

@@ -19,7 +19,7 @@ DAILY_DAGS = ("ingest_erp", "ingest_dealer")
 
 
 def _reset_state(var: Path) -> None:
-    for path in (var / "sources", var / "demo"):
+    for path in (var / "sources", var / "demo", var / "gx", var / "data_docs"):
         shutil.rmtree(path, ignore_errors=True)
         path.mkdir(parents=True)
     for name in ("warehouse.db", "warehouse.db-wal", "warehouse.db-shm"):
@@ -31,8 +31,11 @@ def _reset_state(var: Path) -> None:
 def run_demo(*, days: int, scale: str, seed: int, faults: str, progress: bool = True) -> dict:
     from tqdm import tqdm
 
+    from chainlend.alerts import gx_paths
     from chainlend.connections import sqlalchemy_url
-    from chainlend.report import ingest_section, write_report
+    from chainlend.mail import SmtpSink
+    from chainlend.quality import validator_for
+    from chainlend.report import ingest_section, quality_section, write_report
     from chainlend.runtime import load_dag, migrate_metadata_db, run_dag, task_states
     from chainlend.systems import Warehouse
     from sources.simulator import FaultRates, Simulator
@@ -52,6 +55,31 @@ def run_demo(*, days: int, scale: str, seed: int, faults: str, progress: bool = 
     warehouse.create_all()
     dags = {dag_id: load_dag(dag_id) for dag_id in DAILY_DAGS}
 
+    # the data owners' mailbox: a real SMTP server on loopback storing mail in var/demo/mail/
+    sink = SmtpSink(var / "demo" / "mail")
+    os.environ["AIRFLOW_CONN_SMTP_DEFAULT"] = sink.connection_json()
+    sink.__enter__()
+    try:
+        runs = _play(sim, dags, days, progress, run_dag, task_states, tqdm)
+    finally:
+        sink.__exit__(None, None, None)
+    docs_index = validator_for(*gx_paths()).build_index()
+
+    report = {
+        "run": {"days": days, "scale": scale, "seed": seed, "faults": faults,
+                "first_day": DEMO_START.isoformat(), "last_day": sim.current_date.isoformat(),
+                "wall_s": round(time.perf_counter() - t0, 1), "mailbox": str(sink.maildir)},
+        "dag_runs": runs,
+        "ingest": ingest_section(warehouse),
+        "quality": quality_section(warehouse, str(docs_index)),
+    }
+    json_path, md_path = write_report(var / "demo", report)
+    report["run"]["report_json"] = str(json_path)
+    report["run"]["report_md"] = str(md_path)
+    return report
+
+
+def _play(sim, dags, days, progress, run_dag, task_states, tqdm) -> list[dict]:
     runs: list[dict] = []
     bar = tqdm(total=days * (1 + len(dags)), unit="stage", disable=not progress, dynamic_ncols=True)
     for _ in range(days):
@@ -67,15 +95,4 @@ def run_demo(*, days: int, scale: str, seed: int, faults: str, progress: bool = 
                          "state": str(dag_run.state), "failed_tasks": failed})
             bar.update(1)
     bar.close()
-
-    report = {
-        "run": {"days": days, "scale": scale, "seed": seed, "faults": faults,
-                "first_day": DEMO_START.isoformat(), "last_day": sim.current_date.isoformat(),
-                "wall_s": round(time.perf_counter() - t0, 1)},
-        "dag_runs": runs,
-        "ingest": ingest_section(warehouse),
-    }
-    json_path, md_path = write_report(var / "demo", report)
-    report["run"]["report_json"] = str(json_path)
-    report["run"]["report_md"] = str(md_path)
-    return report
+    return runs

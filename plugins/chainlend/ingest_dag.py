@@ -49,23 +49,21 @@ def build_ingest_dag(source: str, *, doc_md: str | None = None):
 
         from airflow.sdk.exceptions import AirflowFailException
 
-        from chainlend.alerts import alert_once, data_owners, gx_paths
+        from chainlend.alerts import data_owners, gx_paths
         from chainlend.mail import Mailer
-        from chainlend.quality import gate_batch, validator_for
+        from chainlend.quality import gate_day, validator_for
         from chainlend.systems import Warehouse
         from sources.contract import table as contract_table
 
         context = get_current_context()
-        as_of = dt.date.fromisoformat(landed["business_date"])
-        warehouse = Warehouse.from_conn()
-        summary = gate_batch(warehouse, validator_for(*gx_paths()), contract_table(source, table), as_of,
-                             context["run_id"])
-        alert_once(warehouse, Mailer(), summary, as_of, data_owners(source))
+        summary, replayed = gate_day(
+            Warehouse.from_conn(), validator_for(*gx_paths()), Mailer(), data_owners(source),
+            contract_table(source, table), dt.date.fromisoformat(landed["business_date"]), context["run_id"])
         if summary.blocked:
             failing = "; ".join(f"{f['check']}: {f['detail']}" for f in summary.failures if f["severity"] == "batch")
             raise AirflowFailException(f"batch {summary.batch_id} blocked by {failing}")
         return {"batch_id": summary.batch_id, "rows": summary.rows_in, "published": summary.published,
-                "quarantined": summary.quarantined}
+                "quarantined": summary.quarantined, "replayed": replayed}
 
     @task(task_id="publish", outlets=[SOURCE_ASSETS[source]])
     def publish(batches: list[dict]) -> dict:
@@ -91,10 +89,14 @@ def build_ingest_dag(source: str, *, doc_md: str | None = None):
         doc_md=doc_md,
     )
     def ingest():
+        landed = {t.name: land.override(task_id=f"land_{t.name}")(t.name) for t in TABLES[source]}
         gated = []
         for t in TABLES[source]:
-            landed = land.override(task_id=f"land_{t.name}")(t.name)
-            gated.append(gate.override(task_id=f"gate_{t.name}")(landed, t.name))
+            checked = gate.override(task_id=f"gate_{t.name}")(landed[t.name], t.name)
+            # referential checks look up the parents' landed keys: gate after they land
+            parents = {fk.table for fk in t.foreign_keys if fk.table != t.name}
+            [landed[p] for p in sorted(parents)] >> checked
+            gated.append(checked)
         publish(gated)
 
     return ingest()

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import pandas as pd
 import sqlalchemy as sa
 
+from chainlend.alerts import mask
 from chainlend.ingest import LANDED, batch_id_for, window_end_for
 from chainlend.systems import BATCH_ID, LINEAGE_COLUMNS, SEQ, Warehouse
 from expectations.gate import REASONS, GateInputs, GateOutcome, run_gate
@@ -97,6 +98,92 @@ def gate_batch(warehouse: Warehouse, validator: GxValidator, contract: Table, bu
     return summary
 
 
+def gate_day(warehouse: Warehouse, validator: GxValidator, mailer, owners: list[str], contract: Table,
+             business_date: dt.date, run_id: str) -> tuple[GateSummary, int]:
+    """The gate task: gate earlier batches that never were (see :func:`ungated_dates`), then
+    today's, mailing the owners once per failing batch; stop at a blocked batch; then replay
+    the open quarantine. Returns the last batch's summary and the rows replayed."""
+    from chainlend.alerts import alert_once
+
+    for day in [*ungated_dates(warehouse, contract, business_date), business_date]:
+        summary = gate_batch(warehouse, validator, contract, day, run_id)
+        alert_once(warehouse, mailer, summary, day, owners)
+        if summary.blocked:
+            return summary, 0
+    return summary, replay_quarantine(warehouse, validator, contract, business_date, run_id)
+
+
+def ungated_dates(warehouse: Warehouse, contract: Table, up_to: dt.date) -> list[dt.date]:
+    """Business dates up to ``up_to`` whose batch landed but was never gated (its gate waited on
+    a parent table that failed that day), oldest first."""
+    b, g = warehouse.batches, warehouse.gate_results
+    warehouse.metadata.create_all(warehouse.engine, tables=[g], checkfirst=True)
+    with warehouse.engine.connect() as conn:
+        rows = conn.execute(
+            sa.select(b.c.business_date).where(
+                b.c.source == contract.source, b.c.table_name == contract.name, b.c.status == LANDED,
+                b.c.business_date < up_to, b.c.batch_id.not_in(sa.select(g.c.batch_id)),
+            ).order_by(b.c.business_date)).all()
+    return [r[0] for r in rows]
+
+
+def replay_quarantine(warehouse: Warehouse, validator: GxValidator, contract: Table, business_date: dt.date,
+                      run_id: str, *, now: dt.datetime | None = None) -> int:
+    """Re-validate the table's open quarantined rows against today's warehouse.
+
+    A row quarantined as an orphan publishes once its parent has landed (the parent's batch may
+    have been blocked that day); rows of a blocked batch publish once the batch-level problem is
+    gone. Volume and freshness do not apply to a replay. Rows that pass are published with their
+    original batch lineage and their records resolved (``resolved_batch_id = "replay:<batch>"``);
+    the others stay open. Returns the number of rows replayed.
+    """
+    now = now or dt.datetime.now(dt.UTC).replace(tzinfo=None)
+    q = warehouse.quarantine
+    records = warehouse.read_table(q, q.c.source == contract.source, q.c.table_name == contract.name,
+                                   q.c.status == "open")
+    if records.empty:
+        return 0
+    frame = pd.DataFrame([json.loads(r) for r in records.row_json], index=records.index)
+    frame = frame.reindex(columns=list(contract.column_names))
+    inputs = gate_inputs(warehouse, contract, business_date, batch_id="")
+    inputs = GateInputs(window_end=inputs.window_end, parent_keys=inputs.parent_keys, used_vins=inputs.used_vins,
+                        recent_counts=(), append_only=False)
+    outcome = run_gate(frame, contract, inputs, validator,
+                       run_name=f"replay.{batch_id_for(contract, business_date)}")
+    if outcome.blocked or outcome.accepted.empty:
+        return 0
+    accepted = typed(outcome.accepted, contract)
+    replay_id = f"replay:{batch_id_for(contract, business_date)}"
+    pub = warehouse.published(contract)
+    with warehouse.engine.begin() as conn:
+        for batch_id, part in accepted.groupby(records.loc[accepted.index, "batch_id"]):
+            keys = part[contract.key].astype(str).tolist()
+            conn.execute(sa.delete(pub).where(pub.c[contract.key] == sa.bindparam("k")), [{"k": k} for k in keys])
+            rows = part.assign(**{BATCH_ID: batch_id, SEQ: records.loc[part.index, "seq"].to_numpy()})
+            conn.execute(pub.insert(), _records(rows, list(contract.column_names) + [BATCH_ID, SEQ]))
+        conn.execute(
+            sa.update(q).where(q.c.quarantine_id == sa.bindparam("qid"))
+            .values(status="resolved", resolved_batch_id=replay_id, resolved_at=now),
+            [{"qid": int(i)} for i in records.loc[accepted.index, "quarantine_id"]],
+        )
+    return len(accepted)
+
+
+def typed(df: pd.DataFrame, contract: Table) -> pd.DataFrame:
+    """Rows rebuilt from JSON as the contract's Python types (for publishing)."""
+    from expectations.frames import coerce_column
+
+    out = df.copy()
+    for c in contract.columns:
+        values = coerce_column(df[c.name], c)
+        if c.type == "int":
+            values = values.astype("Int64")
+        elif c.type == "date":
+            values = values.dt.date
+        out[c.name] = values
+    return out
+
+
 def gate_schema_drift(warehouse: Warehouse, validator: GxValidator, contract: Table,
                       business_date: dt.date, run_id: str, source_columns: list[str], *,
                       now: dt.datetime | None = None) -> GateSummary:
@@ -162,8 +249,12 @@ def _quarantine(conn, warehouse, contract, batch_id, run_id, outcome: GateOutcom
 
 
 def _record(conn, warehouse, contract, business_date, batch_id, run_id, outcome: GateOutcome, now) -> GateSummary:
+    pii = {c.name for c in contract.columns if c.pii}
     failures = [{"check": f.check, "severity": f.severity, "count": f.count, "sample_keys": f.sample_keys,
-                 "detail": f.detail} for f in outcome.failures]
+                 "column": f.column, "detail": f.detail,
+                 # personal data never leaves the gate unmasked (results, alerts, logs)
+                 "sample_values": [mask(v) for v in f.sample_values] if f.column in pii else f.sample_values}
+                for f in outcome.failures]
     published = 0 if outcome.blocked else len(outcome.accepted)
     g = warehouse.gate_results
     conn.execute(sa.delete(g).where(g.c.batch_id == batch_id))

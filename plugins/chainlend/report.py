@@ -17,28 +17,59 @@ from sources.contract import TABLES
 def ingest_section(warehouse: Warehouse) -> dict:
     """``{source: {table: {"extracted", "accepted", "quarantined", "batches", "blocked"}}}``.
 
-    ``accepted`` counts landed rows and ``quarantined`` is 0 until the data-quality gate
-    (issue 3) splits batches; ``blocked`` lists batches refused for schema drift.
+    ``extracted`` counts rows landed from the source, ``accepted`` rows the quality gate
+    published, ``quarantined`` rows it held back (a blocked batch quarantines all its rows);
+    ``blocked`` lists the batches that did not publish, with the failing checks.
     """
     batches = warehouse.read_batches()
+    gates = warehouse.read_table(warehouse.gate_results)
     section: dict = {}
     for source, tables in TABLES.items():
         section[source] = {}
         for contract in tables:
             mine = batches[(batches.source == source) & (batches.table_name == contract.name)]
             landed = mine[mine.status == LANDED]
-            extracted = int(landed.rows_extracted.sum())
+            gated = gates[(gates.source == source) & (gates.table_name == contract.name)]
             section[source][contract.name] = {
-                "extracted": extracted,
-                "accepted": extracted,
-                "quarantined": 0,
+                "extracted": int(landed.rows_extracted.sum()),
+                "accepted": int(gated.published.sum()),
+                "quarantined": int(gated.quarantined.sum()),
                 "batches": int(len(landed)),
                 "blocked": [
-                    {"business_date": str(r.business_date), "status": r.status, "detail": r.detail}
-                    for r in mine[mine.status != LANDED].itertuples()
+                    {"business_date": str(r.business_date),
+                     "detail": "; ".join(f"{f['check']}: {f['detail']}" for f in json.loads(r.failures)
+                                         if f["severity"] == "batch")}
+                    for r in gated[gated.blocked.astype(bool)].itertuples()
                 ],
             }
     return section
+
+
+def quality_section(warehouse: Warehouse, data_docs_index: str | None) -> dict:
+    """Batches validated and blocked, rows quarantined (per table and reason), alerts sent."""
+    gates = warehouse.read_table(warehouse.gate_results)
+    q = warehouse.read_table(warehouse.quarantine)
+    per_table: dict[str, dict] = {}
+    for r in q.itertuples():
+        entry = per_table.setdefault(f"{r.source}.{r.table_name}", {"rows": 0, "reasons": {}})
+        entry["rows"] += 1
+        for reason in r.reasons.split(";"):
+            entry["reasons"][reason] = entry["reasons"].get(reason, 0) + 1
+    reasons: dict[str, int] = {}
+    for entry in per_table.values():
+        for reason, n in entry["reasons"].items():
+            reasons[reason] = reasons.get(reason, 0) + n
+    return {
+        "batches_validated": int(len(gates)),
+        "batches_blocked": int(gates.blocked.astype(bool).sum()),
+        "rows_quarantined": int(len(q)),
+        "rows_quarantined_open": int((q.status == "open").sum()),
+        "rows_replayed": int((q.status == "resolved").sum()),
+        "rows_quarantined_by_table": dict(sorted(per_table.items())),
+        "rows_quarantined_by_reason": dict(sorted(reasons.items(), key=lambda kv: -kv[1])),
+        "alerts_sent": int(len(warehouse.read_table(warehouse.alerts))),
+        "data_docs_index": data_docs_index,
+    }
 
 
 def write_report(folder: Path, report: dict) -> tuple[Path, Path]:
@@ -55,6 +86,17 @@ def render_markdown(report: dict) -> str:
     meta = report.get("run", {})
     if meta:
         lines += [f"- {k}: {v}" for k, v in meta.items()] + [""]
+    quality = report.get("quality", {})
+    if quality:
+        lines += ["## Data quality", "",
+                  f"- batches validated: {quality['batches_validated']}, blocked: {quality['batches_blocked']}",
+                  f"- rows quarantined: {quality['rows_quarantined']:,} (still open: "
+                  f"{quality['rows_quarantined_open']:,}, replayed: {quality['rows_replayed']:,})",
+                  f"- alerts sent: {quality['alerts_sent']}",
+                  f"- Data Docs: {quality['data_docs_index']}", "",
+                  "| reason | rows |", "|---|---:|"]
+        lines += [f"| {k} | {v:,} |" for k, v in quality["rows_quarantined_by_reason"].items()]
+        lines.append("")
     ingest = report.get("ingest", {})
     if ingest:
         lines += ["## Ingestion", "", "| source | table | batches | extracted | accepted | quarantined | blocked |",
