@@ -74,6 +74,32 @@ def cmd_demo(args) -> int:
     return 0
 
 
+def cmd_quarantine(args) -> int:
+    """List open quarantine, or release a blocked batch after review (named, recorded)."""
+    from chainlend.alerts import gx_paths
+    from chainlend.quality import open_quarantine, replay_quarantine, validator_for
+    from chainlend.systems import Warehouse
+    from sources.contract import table as contract_table
+
+    warehouse = Warehouse.from_conn()
+    if args.action == "list":
+        q = open_quarantine(warehouse, args.source, args.table)
+        if q.empty:
+            print("no open quarantine records")
+            return 0
+        print(q.groupby(["source", "table_name", "batch_id", "reasons"]).size().to_string())
+        return 0
+    if not args.batch or not args.by:
+        print("release needs --batch BATCH_ID and --by NAME", file=sys.stderr)
+        return 2
+    source, table, day = args.batch.split(".")
+    n = replay_quarantine(warehouse, validator_for(*gx_paths()), contract_table(source, table),
+                          dt.datetime.strptime(day, "%Y%m%d").date(), run_id=f"release by {args.by}",
+                          release_batch=args.batch, released_by=args.by)
+    print(f"released {n} row(s) of {args.batch} (by {args.by}); rows failing a row-level check stay quarantined")
+    return 0
+
+
 def cmd_airflow(args) -> int:
     """``airflow standalone`` on 127.0.0.1; Ctrl-C stops its children by PID, then the parent."""
     from chainlend.runtime import airflow_bin, migrate_metadata_db, subprocess_env
@@ -153,6 +179,13 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--seed", type=int, default=7)
     d.add_argument("--faults", default="demo", choices=["demo", "none"])
     d.set_defaults(func=cmd_demo)
+
+    q = sub.add_parser("quarantine", help="list open quarantine records, or release a blocked batch")
+    q.add_argument("action", choices=["list", "release"])
+    q.add_argument("--source"), q.add_argument("--table")
+    q.add_argument("--batch", help="batch id to release, e.g. dealer.inventory.20260305")
+    q.add_argument("--by", help="who releases it (recorded as resolved_batch_id 'release:<by>')")
+    q.set_defaults(func=cmd_quarantine)
 
     sub.add_parser("airflow", help="serve the DAGs in airflow standalone on 127.0.0.1").set_defaults(
         func=cmd_airflow)

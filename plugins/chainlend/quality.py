@@ -33,6 +33,11 @@ MASTER_TABLES = {
 }
 
 
+# quarantine reasons that can pass later without the source changing the row (an orphan whose
+# parent lands later); rows of a blocked batch wait for a named release (`chainlend quarantine release`)
+REPLAYABLE = ("fk:",)
+
+
 @dataclass(frozen=True)
 class GateSummary:
     batch_id: str
@@ -128,7 +133,8 @@ def ungated_dates(warehouse: Warehouse, contract: Table, up_to: dt.date) -> list
 
 
 def replay_quarantine(warehouse: Warehouse, validator: GxValidator, contract: Table, business_date: dt.date,
-                      run_id: str, *, now: dt.datetime | None = None) -> int:
+                      run_id: str, *, now: dt.datetime | None = None, release_batch: str | None = None,
+                      released_by: str | None = None) -> int:
     """Re-validate the table's open quarantined rows against today's warehouse.
 
     A row quarantined as an orphan publishes once its parent has landed (the parent's batch may
@@ -141,6 +147,13 @@ def replay_quarantine(warehouse: Warehouse, validator: GxValidator, contract: Ta
     q = warehouse.quarantine
     records = warehouse.read_table(q, q.c.source == contract.source, q.c.table_name == contract.name,
                                    q.c.status == "open")
+    if release_batch is not None:  # an operator releases a blocked batch: its row checks still apply
+        records = records[records.batch_id == release_batch]
+        replayable = ("fk:", "blocked:")
+    else:  # only reasons the rest of the warehouse can cure; a bad value needs a source correction
+        replayable = REPLAYABLE
+    curable = records.reasons.map(lambda r: all(x.startswith(replayable) for x in r.split(";")))
+    records = records[curable]
     if records.empty:
         return 0
     frame = pd.DataFrame([json.loads(r) for r in records.row_json], index=records.index)
@@ -153,7 +166,8 @@ def replay_quarantine(warehouse: Warehouse, validator: GxValidator, contract: Ta
     if outcome.blocked or outcome.accepted.empty:
         return 0
     accepted = typed(outcome.accepted, contract)
-    replay_id = f"replay:{batch_id_for(contract, business_date)}"
+    replay_id = (f"release:{released_by}" if release_batch is not None
+                 else f"replay:{batch_id_for(contract, business_date)}")
     pub = warehouse.published(contract)
     with warehouse.engine.begin() as conn:
         for batch_id, part in accepted.groupby(records.loc[accepted.index, "batch_id"]):

@@ -48,11 +48,17 @@ def _run(dag_id: str, day: dt.date):
 
 
 def _landing_snapshot(warehouse: Warehouse) -> dict[str, pd.DataFrame]:
+    """Landing and published tables and the quarantine, without run ids and wall-clock times."""
     out = {}
     for tables in TABLES.values():
         for contract in tables:
             df = warehouse.read_landing(contract).drop(columns=[RUN_ID])
             out[contract.name] = df.sort_values([BATCH_ID, SEQ]).reset_index(drop=True)
+            pub = warehouse.read_published(contract)
+            out[f"published {contract.name}"] = pub.sort_values(contract.key).reset_index(drop=True)
+    q = warehouse.read_table(warehouse.quarantine).drop(
+        columns=["quarantine_id", "run_id", "quarantined_at", "resolved_at"])
+    out["quarantine"] = q.sort_values(["batch_id", "seq"]).reset_index(drop=True)
     return out
 
 
@@ -108,6 +114,7 @@ def test_rerunning_an_interval_is_idempotent(ingest_env):
         for dag_id in ("ingest_erp", "ingest_dealer"):
             assert str(_run(dag_id, day)[0].state) == "success"
     after = _landing_snapshot(warehouse)
+    assert len(before["quarantine"]) > 0, "the scenario must quarantine rows"
     for name in before:
         pd.testing.assert_frame_equal(before[name], after[name], check_dtype=False, obj=name)
 

@@ -135,3 +135,41 @@ def test_a_corrected_source_row_is_replayed_and_its_record_closed(tmp_path):
     assert q.loc[vin, "status"] == "resolved" and q.loc[vin, "resolved_batch_id"].endswith(f"{day2:%Y%m%d}")
     pub = warehouse.read_published(inventory).set_index("vin")
     assert pub.loc[vin, "purchase_price_fen"] >= 0
+
+
+def test_releasing_a_blocked_batch_publishes_rows_that_pass_row_checks(tmp_path):
+    """A volume-blocked batch waits for a named release; its rows with row-level faults stay."""
+    from chainlend.quality import replay_quarantine
+
+    urls = {n: f"sqlite:///{tmp_path / f'{n}.db'}" for n in ("erp", "dealer", "sim", "wh")}
+    sim = Simulator(urls["erp"], urls["dealer"], urls["sim"])
+    sim.init(seed=9, scale="tiny", faults=FaultRates(negative_amount=0.05), start=START)
+    (day1,) = sim.advance(1)
+    warehouse, validator = Warehouse.from_url(urls["wh"]), GxValidator()
+    dealer = DealerSource.from_url(urls["dealer"])
+    inventory = table(DEALER, "inventory")
+    for contract in (table(DEALER, "dealers"), inventory):
+        extract_load(dealer, warehouse, contract, day1, "r1")
+    summary = gate_batch(warehouse, validator, inventory, day1, "r1")
+    # turn the outcome into what a volume block leaves behind: nothing published, all quarantined
+    landed = warehouse.read_landing(inventory)
+    pub, q = warehouse.published(inventory), warehouse.quarantine
+    with warehouse.engine.begin() as conn:
+        conn.execute(sa.delete(pub))
+        conn.execute(sa.update(q).values(reasons="blocked:volume;" + q.c.reasons))
+        bad_keys = {k for (k,) in conn.execute(sa.select(q.c.key_value))}
+        conn.execute(q.insert(), [{
+            "batch_id": summary.batch_id, "run_id": "r1", "source": DEALER, "table_name": "inventory",
+            "seq": int(r.seq_), "key_value": r.vin, "reasons": "blocked:volume",
+            "row_json": json.dumps({c: getattr(r, c) for c in inventory.column_names}, default=str),
+            "quarantined_at": dt.datetime(2026, 3, 3), "status": "open",
+            "resolved_batch_id": None, "resolved_at": None} for r in landed.rename(columns={"_seq": "seq_"}).itertuples() if r.vin not in bad_keys])
+    assert replay_quarantine(warehouse, validator, inventory, day1, "r2") == 0, "no automatic replay of a block"
+    released = replay_quarantine(warehouse, validator, inventory, day1, "release", release_batch=summary.batch_id,
+                                 released_by="Li Na")
+    assert released == len(landed) - len(bad_keys) > 0
+    published = warehouse.read_published(inventory)
+    assert len(published) == released and not set(published.vin) & bad_keys
+    records = warehouse.read_table(q).set_index("key_value")
+    assert (records.loc[list(bad_keys), "status"] == "open").all()
+    assert set(records[records.status == "resolved"].resolved_batch_id) == {"release:Li Na"}
