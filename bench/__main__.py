@@ -8,7 +8,11 @@ import time
 
 from chainlend import settings
 
-BENCHES = {"dag_parse": "parse_bench", "ingest": "ingest_bench"}
+BENCHES = {
+    "dag_parse": "parse_bench",
+    "ingest": "ingest_bench",
+    "gate": "gate_bench",
+}
 
 
 def main() -> int:

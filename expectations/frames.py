@@ -93,7 +93,7 @@ def _time_text(v):
     if isinstance(v, dt.datetime | dt.date | pd.Timestamp):
         ts = pd.Timestamp(v)
         return ts.tz_convert("UTC").tz_localize(None) if ts.tzinfo is not None else ts
-    if isinstance(v, str) and v.strip():
+    if isinstance(v, str) and v.strip()[:1].isdigit():  # not "now"/"today": no clock reads here
         try:
             ts = pd.Timestamp(v.strip())
         except (ValueError, OverflowError):
@@ -132,15 +132,19 @@ def check_frame(df: pd.DataFrame, contract: Table) -> tuple[pd.DataFrame, dict[s
         if isinstance(raw.dtype, pd.CategoricalDtype):
             raw = raw.astype(object)  # judge the values, not the categories
         coerced = coerce_column(raw, col)
-        was_value = raw.notna() & ~_blank_mask(raw)
-        fail = was_value & coerced.isna()
+        # a failure is a value (not null, not blank) that coercion turned into null; only the
+        # rows coercion nulled can be one, so blanks are looked for among those alone
+        fail = coerced.isna().to_numpy() & raw.notna().to_numpy()
         if fail.any():
-            type_fail[col.name] = fail
+            at = np.flatnonzero(fail)
+            fail[at] = ~_blank_mask(raw.iloc[at]).to_numpy(dtype=bool)
+            if fail.any():
+                type_fail[col.name] = pd.Series(fail, index=df.index)
         out[col.name] = coerced
     frame = pd.DataFrame(out, index=df.index)
-    for name in df.columns:
-        if name not in frame.columns and not name.startswith("_"):
-            frame[name] = pd.Series(np.nan, index=df.index)
+    for name in df.columns:  # unexpected columns go to GX by name only: the schema check names them
+        if str(name) not in frame.columns:
+            frame[str(name)] = pd.Series(np.nan, index=df.index)
     ok = pd.Series(True, index=df.index)
     for fail in type_fail.values():
         ok &= ~fail
@@ -149,20 +153,43 @@ def check_frame(df: pd.DataFrame, contract: Table) -> tuple[pd.DataFrame, dict[s
 
 
 
-def isin(values: pd.Series, keys) -> pd.Series:
-    """``values.isin(keys)``, through Arrow's hash set (10x faster for large string key sets)."""
+def key_positions(values: pd.Series, keys) -> np.ndarray:
+    """The position of each value among the distinct ``keys`` (-1: not a key, or null), through
+    Arrow's hash table (10x faster than pandas for large string key sets). Equal values get equal
+    positions, so the result doubles as integer codes of the values that are keys."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
     if len(values) == 0:
-        return pd.Series(False, index=values.index, dtype=bool)
+        return np.zeros(0, dtype=np.int64)
     try:
         arr = pa.array(values.array) if not hasattr(values.array, "_pa_array") else values.array._pa_array
         key_arr = pa.array(pd.Series(keys).astype(values.dtype).array)
-        hit = pc.is_in(arr, value_set=key_arr.cast(arr.type))
+        pos = pc.index_in(arr, value_set=key_arr.cast(arr.type))
+        pos = pc.if_else(pc.is_null(arr), None, pos)  # a null is never a key
+        return pc.fill_null(pos, -1).to_numpy(zero_copy_only=False).astype(np.int64, copy=False)
     except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, TypeError, ValueError):
-        return values.isin(keys)
-    return pd.Series(hit.to_numpy(zero_copy_only=False), index=values.index).fillna(False).astype(bool)
+        uniq = pd.Index(pd.unique(pd.Series(keys, dtype=object).dropna()))
+        pos = uniq.get_indexer(values.astype(object)).astype(np.int64)
+        pos[values.isna().to_numpy()] = -1
+        return pos
+
+
+def isin(values: pd.Series, keys) -> pd.Series:
+    """``values.isin(keys)`` for non-null values (nulls are never in), through Arrow."""
+    return pd.Series(key_positions(values, keys) >= 0, index=values.index)
+
+
+def _duplicated_first(values: pd.Series, positions: np.ndarray | None) -> np.ndarray:
+    """``values.duplicated(keep="first")``; ``positions`` (from :func:`key_positions`, if at hand)
+    spares hashing the strings again: equal values have equal positions."""
+    if positions is None:
+        return values.duplicated(keep="first").to_numpy(dtype=bool)
+    codes = positions.copy()
+    other = (codes < 0) & values.notna().to_numpy()  # values that are not keys: code them apart
+    if other.any():
+        codes[other] = codes.max(initial=-1) + 1 + pd.factorize(values[other])[0]
+    return pd.Series(codes).duplicated(keep="first").to_numpy(dtype=bool)
 
 
 def add_flags(frame: pd.DataFrame, contract: Table, parent_keys: dict[str, pd.Index],
@@ -172,6 +199,7 @@ def add_flags(frame: pd.DataFrame, contract: Table, parent_keys: dict[str, pd.In
     ``parent_keys["table.column"]`` holds the keys a foreign key may point at; ``used_vins``
     maps VINs already published by other keys (index VIN, value key).
     """
+    positions: dict[str, np.ndarray] = {}  # column -> key positions of its values
     for fk in contract.foreign_keys:
         if fk.column not in frame.columns:
             continue
@@ -179,10 +207,11 @@ def add_flags(frame: pd.DataFrame, contract: Table, parent_keys: dict[str, pd.In
         if keys is None:
             raise KeyError(f"no parent keys given for {fk.table}.{fk.ref_column}")
         values = frame[fk.column]
-        frame[fk_flag(fk.column)] = values.isna() | isin(values, keys)
+        positions[fk.column] = key_positions(values, keys)
+        frame[fk_flag(fk.column)] = values.isna().to_numpy() | (positions[fk.column] >= 0)
     if contract.unique_vin and contract.key != "vin" and "vin" in frame.columns:
         vin = frame["vin"]
-        ok = vin.isna() | ~vin.duplicated(keep="first")
+        ok = vin.isna() | ~_duplicated_first(vin, positions.get("vin"))
         if used_vins is not None and len(used_vins):
             owner = vin.map(used_vins)
             ok &= owner.isna() | (owner == frame.get(contract.key))
