@@ -61,7 +61,7 @@ def gate_inputs(warehouse: Warehouse, contract: Table, business_date: dt.date,
         for fk in contract.foreign_keys:
             parent = warehouse.landing(contract_table(contract.source, fk.table))
             col = parent.c[fk.ref_column]
-            keys = [k for (k,) in conn.execute(sa.select(col).where(col.is_not(None)).distinct())]
+            keys = conn.execute(sa.select(col).where(col.is_not(None)).distinct()).scalars().all()
             parent_keys[f"{fk.table}.{fk.ref_column}"] = pd.Index(keys, dtype="str")
         used_vins = None
         if contract.unique_vin:
