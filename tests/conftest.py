@@ -119,3 +119,11 @@ def use_connections(monkeypatch):
             )
 
     return _use
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Stop the session's SMTP server and remove the throw-away state folder."""
+    import shutil
+
+    _SESSION_SINK.__exit__(None, None, None)
+    shutil.rmtree(_TEST_VAR, ignore_errors=True)
