@@ -106,7 +106,8 @@ def test_quarantined_rows_keep_the_row_and_data_docs_exist(gated):
     assert index.exists() and "erp.payables" in index.read_text()
 
 
-def test_a_corrected_source_row_is_replayed_and_its_record_closed(tmp_path):
+def _inventory_day(tmp_path):
+    """One simulated day with negative amounts; dealers and inventory landed, inventory gated."""
     urls = {n: f"sqlite:///{tmp_path / f'{n}.db'}" for n in ("erp", "dealer", "sim", "wh")}
     sim = Simulator(urls["erp"], urls["dealer"], urls["sim"])
     sim.init(seed=9, scale="tiny", faults=FaultRates(negative_amount=0.05), start=START)
@@ -114,9 +115,14 @@ def test_a_corrected_source_row_is_replayed_and_its_record_closed(tmp_path):
     warehouse, validator = Warehouse.from_url(urls["wh"]), GxValidator()
     dealer = DealerSource.from_url(urls["dealer"])
     inventory = table(DEALER, "inventory")
-    extract_load(dealer, warehouse, table(DEALER, "dealers"), day1, "r1")
-    extract_load(dealer, warehouse, inventory, day1, "r1")
-    gate_batch(warehouse, validator, inventory, day1, "r1")
+    for contract in (table(DEALER, "dealers"), inventory):
+        extract_load(dealer, warehouse, contract, day1, "r1")
+    summary = gate_batch(warehouse, validator, inventory, day1, "r1")
+    return sim, urls, warehouse, validator, dealer, inventory, day1, summary
+
+
+def test_a_corrected_source_row_is_replayed_and_its_record_closed(tmp_path):
+    sim, urls, warehouse, validator, dealer, inventory, day1, _ = _inventory_day(tmp_path)
     q = _quarantine(warehouse)
     assert len(q) > 0 and (q.status == "open").all()
     vin = q.key_value.iloc[0]
@@ -141,16 +147,7 @@ def test_releasing_a_blocked_batch_publishes_rows_that_pass_row_checks(tmp_path)
     """A volume-blocked batch waits for a named release; its rows with row-level faults stay."""
     from chainlend.quality import replay_quarantine
 
-    urls = {n: f"sqlite:///{tmp_path / f'{n}.db'}" for n in ("erp", "dealer", "sim", "wh")}
-    sim = Simulator(urls["erp"], urls["dealer"], urls["sim"])
-    sim.init(seed=9, scale="tiny", faults=FaultRates(negative_amount=0.05), start=START)
-    (day1,) = sim.advance(1)
-    warehouse, validator = Warehouse.from_url(urls["wh"]), GxValidator()
-    dealer = DealerSource.from_url(urls["dealer"])
-    inventory = table(DEALER, "inventory")
-    for contract in (table(DEALER, "dealers"), inventory):
-        extract_load(dealer, warehouse, contract, day1, "r1")
-    summary = gate_batch(warehouse, validator, inventory, day1, "r1")
+    _, _, warehouse, validator, _, inventory, day1, summary = _inventory_day(tmp_path)
     # turn the outcome into what a volume block leaves behind: nothing published, all quarantined
     landed = warehouse.read_landing(inventory)
     pub, q = warehouse.published(inventory), warehouse.quarantine
