@@ -183,7 +183,15 @@ def _agree(name: str, gx_count, mask_count: int) -> None:
 
 
 def _sample(values: pd.Series, mask: pd.Series) -> list[str]:
-    return [str(v) for v in values[mask.to_numpy(dtype=bool)].head(SAMPLE_KEYS).tolist()]
+    picked = values[mask.to_numpy(dtype=bool)].head(SAMPLE_KEYS).tolist()
+    return ["null" if _is_missing(v) else str(v) for v in picked]
+
+
+def _is_missing(v) -> bool:
+    try:
+        return bool(pd.isna(v))
+    except (TypeError, ValueError):  # containers: not a missing scalar
+        return False
 
 
 def _batch_detail(check: Check, result, frame: pd.DataFrame, contract: Table) -> str:
