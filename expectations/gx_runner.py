@@ -161,13 +161,14 @@ class GxValidator:
 
         ctx = self._context()
         name = suite_name(contract)
+        memo = (contract, tuple(checks))  # frozen dataclasses: same checks, same suite
+        cached = self._defs.get(name)
+        if cached is not None and cached[0] == memo:
+            return cached[1]
         expectations = build_expectations(contract, checks)
         digest = hashlib.sha256(json.dumps(
             [e.configuration.to_json_dict() for e in expectations], sort_keys=True, default=str
         ).encode()).hexdigest()[:16]
-        cached = self._defs.get(name)
-        if cached is not None and cached[0] == digest:
-            return cached[1]
         if self.project_dir is None:
             try:
                 ds = ctx.data_sources.get(DATASOURCE)
@@ -181,7 +182,7 @@ class GxValidator:
             definition = ("ephemeral", bd, suite)
         else:
             definition = ("file", self._checkpoint(ctx, name, expectations, digest), None)
-        self._defs[name] = (digest, definition)
+        self._defs[name] = (memo, definition)
         return definition
 
     @staticmethod
