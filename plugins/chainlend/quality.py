@@ -22,7 +22,7 @@ from chainlend.ingest import LANDED, batch_id_for, window_end_for
 from chainlend.systems import BATCH_ID, LINEAGE_COLUMNS, SEQ, Warehouse
 from expectations.gate import REASONS, GateInputs, GateOutcome, run_gate
 from expectations.gx_runner import GxValidator
-from sources.contract import TABLES, Table
+from sources.contract import Table
 from sources.contract import table as contract_table
 
 # Tables whose rows are maintained in place by the source (master data); the rest are
@@ -310,7 +310,3 @@ def validator_for(project_dir: str, docs_dir: str) -> GxValidator:
     if key not in _VALIDATORS:
         _VALIDATORS[key] = GxValidator(Path(project_dir), Path(docs_dir))
     return _VALIDATORS[key]
-
-
-def all_contracts() -> list[Table]:
-    return [t for tables in TABLES.values() for t in tables]
