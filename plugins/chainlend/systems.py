@@ -82,6 +82,17 @@ class DealerSource(SourceDB):
 SOURCE_CLASSES: dict[str, type[SourceDB]] = {ERP: ErpSource, DEALER: DealerSource}
 
 
+def _batch_identity() -> tuple[sa.Column, ...]:
+    """The columns that name one batch and the run that processed it (fresh objects per table)."""
+    return (
+        sa.Column("batch_id", sa.String(128), primary_key=True),
+        sa.Column("source", sa.String(32), nullable=False),
+        sa.Column("table_name", sa.String(64), nullable=False),
+        sa.Column("business_date", sa.Date, nullable=False),
+        sa.Column("run_id", sa.String(255), nullable=False),
+    )
+
+
 class Warehouse:
     """The warehouse: landing tables per source table and the ingestion batch log."""
 
@@ -92,11 +103,7 @@ class Warehouse:
         self.metadata = sa.MetaData()
         self.batches = sa.Table(
             "ingest_batches", self.metadata,
-            sa.Column("batch_id", sa.String(128), primary_key=True),
-            sa.Column("source", sa.String(32), nullable=False),
-            sa.Column("table_name", sa.String(64), nullable=False),
-            sa.Column("business_date", sa.Date, nullable=False),
-            sa.Column("run_id", sa.String(255), nullable=False),
+            *_batch_identity(),
             sa.Column("window_start", sa.DateTime, nullable=True),
             sa.Column("window_end", sa.DateTime, nullable=False),
             sa.Column("rows_extracted", sa.BigInteger, nullable=False),
@@ -107,11 +114,7 @@ class Warehouse:
         )
         self.gate_results = sa.Table(
             "gate_results", self.metadata,
-            sa.Column("batch_id", sa.String(128), primary_key=True),
-            sa.Column("source", sa.String(32), nullable=False),
-            sa.Column("table_name", sa.String(64), nullable=False),
-            sa.Column("business_date", sa.Date, nullable=False),
-            sa.Column("run_id", sa.String(255), nullable=False),
+            *_batch_identity(),
             sa.Column("rows_in", sa.BigInteger, nullable=False),
             sa.Column("published", sa.BigInteger, nullable=False),
             sa.Column("quarantined", sa.BigInteger, nullable=False),
