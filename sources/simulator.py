@@ -107,7 +107,7 @@ SCALES: dict[str, Scale] = {
                   vehicles_per_day=20, applications_per_day=100),
     "small": Scale(dealers=80, tier1_suppliers=15, tier2_suppliers=35, vehicle_models=4, bom_lines_per_model=80,
                    vehicles_per_day=60, applications_per_day=600),
-    "demo": Scale(dealers=300, tier1_suppliers=30, tier2_suppliers=70, vehicle_models=6, bom_lines_per_model=200,
+    "demo": Scale(dealers=300, tier1_suppliers=200, tier2_suppliers=500, vehicle_models=6, bom_lines_per_model=200,
                   vehicles_per_day=300, applications_per_day=3_000),
     "reference": Scale(dealers=2_500, tier1_suppliers=200, tier2_suppliers=500, vehicle_models=20,
                        bom_lines_per_model=2_000, vehicles_per_day=3_000, applications_per_day=100_000),

@@ -1,4 +1,4 @@
-"""The ``chainlend`` command: setup, simulate, demo, airflow.
+"""The ``chainlend`` command: setup, simulate, demo, quarantine, models, airflow.
 
 Every subcommand applies the embedded-profile defaults first (an environment variable that is
 already set wins), so the same command works against production connections.
@@ -155,6 +155,49 @@ def stop_process_tree(pid: int, timeout: float = 20.0) -> int:
         return 1
 
 
+def cmd_models(args) -> int:
+    """List versions and aliases, show the audit, or approve a version (maker/checker)."""
+    from chainlend import model_ops
+    from models.governance import GovernanceError
+
+    if args.action == "approve":
+        if not (args.family and args.version):
+            print("usage: chainlend models approve FAMILY VERSION --by NAME", file=sys.stderr)
+            return 2
+        try:
+            done = model_ops.approve(args.family, args.version, by=args.by or "")
+        except GovernanceError as exc:
+            print(f"refused: {exc}", file=sys.stderr)
+            return 1
+        print(f"{done['family']} v{done['version']} is champion (was v{done['previous']}), "
+              f"approved by {done['approved_by']}")
+        return 0
+    if args.action == "audit":
+        rows = model_ops.audit_rows(args.family)
+        for r in rows.itertuples():
+            print(f"{r.at}  {r.family:<20} {r.alias:<10} {r.action:<8} v{r.version:<4} "
+                  f"(was {r.previous_version or '-'}) by {r.actor}: {r.reason}")
+        return 0
+    from mlflow.exceptions import MlflowException
+
+    mlf = model_ops.client()
+    for fam in [args.family] if args.family else model_ops.FAMILY_NAMES:
+        try:
+            aliases = mlf.get_registered_model(fam).aliases or {}
+        except MlflowException:
+            print(f"{fam}: no registered versions yet")
+            continue
+        by_version = {}
+        for alias, v in aliases.items():
+            by_version.setdefault(str(v), []).append(alias)
+        for mv in sorted(mlf.search_model_versions(f"name = '{fam}'"), key=lambda v: int(v.version)):
+            t = mv.tags
+            print(f"{fam:<20} v{mv.version:<4} {','.join(by_version.get(str(mv.version), [])):<20} "
+                  f"{t.get('algorithm', '?'):<9} as_of={t.get('as_of', '?')} gate={t.get('gate.outcome', '-')} "
+                  f"oot={t.get('oot_metrics', '')[:60]}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="chainlend", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -186,6 +229,13 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--batch", help="batch id to release, e.g. dealer.inventory.20260305")
     q.add_argument("--by", help="who releases it (recorded as resolved_batch_id 'release:<by>')")
     q.set_defaults(func=cmd_quarantine)
+
+    m = sub.add_parser("models", help="model registry: list versions, audit, approve (maker/checker)")
+    m.add_argument("action", choices=["list", "audit", "approve"])
+    m.add_argument("family", nargs="?", help="dealer_pd | supplier_pd | post_loan_behaviour")
+    m.add_argument("version", nargs="?", help="version number to approve")
+    m.add_argument("--by", help="the approver's name (must differ from who trained it)")
+    m.set_defaults(func=cmd_models)
 
     sub.add_parser("airflow", help="serve the DAGs in airflow standalone on 127.0.0.1").set_defaults(
         func=cmd_airflow)

@@ -26,3 +26,8 @@ BUSINESS_DATE_PARAMS = {
         description="Business date to process (YYYY-MM-DD); default: the run's logical date.",
     ),
 }
+
+# Weekly model training: Saturday 02:00, after the week's last ingestion (Friday 23:00).
+WEEKLY_SAT_0200 = "0 2 * * 6"
+# CPU-heavy tasks (training) share one slot: two OpenMP trainings at once run ~3x slower each.
+TRAINING_POOL = "training"

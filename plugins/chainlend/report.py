@@ -72,6 +72,40 @@ def quality_section(warehouse: Warehouse, data_docs_index: str | None) -> dict:
     }
 
 
+def models_section() -> dict:
+    """``{family: {"champion_version", "oot_auc", "ks", "psi", "oracle_auc", "scorecard_auc", ...}}``
+    read back from the MLflow registry (the champion's version tags), so it reports what serves."""
+    import json as _json
+
+    from mlflow.exceptions import MlflowException
+
+    from chainlend import model_ops
+    from models.governance import CHALLENGER, CHAMPION
+
+    reg = model_ops.registry()
+    section: dict = {}
+    for fam in model_ops.FAMILY_NAMES:
+        try:
+            champion = reg.version(fam, CHAMPION)
+        except MlflowException as exc:
+            raise RuntimeError(f"cannot read the registry for {fam}: {exc}") from exc
+        entry: dict = {"champion_version": champion, "challenger_version": reg.version(fam, CHALLENGER)}
+        if champion is not None:
+            tags = reg.tags(fam, champion)
+            oot = _json.loads(tags["oot_metrics"])
+            oracle = tags.get("oracle_auc", "")
+            entry.update({
+                "algorithm": tags["algorithm"], "as_of": tags["as_of"],
+                "oot_auc": oot["auc"], "ks": oot["ks"], "psi": oot["score_psi"],
+                "calibration_ratio": oot["calibration_ratio"],
+                "oracle_auc": float(oracle) if oracle[:1].isdigit() else None,
+                "scorecard_auc": float(tags["scorecard_oot_auc"]) if tags.get("scorecard_oot_auc") else None,
+                "oot_window": _json.loads(tags["data_window"])["oot"],
+            })
+        section[fam] = entry
+    return section
+
+
 def write_report(folder: Path, report: dict) -> tuple[Path, Path]:
     folder.mkdir(parents=True, exist_ok=True)
     json_path = folder / "report.json"
@@ -97,6 +131,20 @@ def render_markdown(report: dict) -> str:
                   "| reason | rows |", "|---|---:|"]
         lines += [f"| {k} | {v:,} |" for k, v in quality["rows_quarantined_by_reason"].items()]
         lines.append("")
+    models = report.get("models", {})
+    if models:
+        lines += ["## Models (champions)", "",
+                  "| family | version | algorithm | OOT AUC | KS | PSI | oracle AUC | scorecard AUC | OOT rows (bad) |",
+                  "|---|---:|---|---:|---:|---:|---:|---:|---|"]
+        for fam, e in models.items():
+            if e.get("champion_version") is None:
+                lines.append(f"| {fam} | none | | | | | | | |")
+                continue
+            w = e["oot_window"]
+            lines.append(f"| {fam} | {e['champion_version']} | {e['algorithm']} | {e['oot_auc']:.4f} | "
+                         f"{e['ks']:.4f} | {e['psi']:.4f} | {_fmt(e['oracle_auc'])} | {_fmt(e['scorecard_auc'])} | "
+                         f"{w['rows']:,} ({w['bads']:,}) {w['start']}..{w['end']} |")
+        lines.append("")
     ingest = report.get("ingest", {})
     if ingest:
         lines += ["## Ingestion", "", "| source | table | batches | extracted | accepted | quarantined | blocked |",
@@ -108,3 +156,7 @@ def render_markdown(report: dict) -> str:
                              f"{t['accepted']:,} | {t['quarantined']:,} | {blocked} |")
         lines.append("")
     return "\n".join(lines)
+
+
+def _fmt(v) -> str:
+    return "n/a" if v is None else f"{v:.4f}"

@@ -31,9 +31,20 @@ def subprocess_env() -> dict[str, str]:
 
 
 def migrate_metadata_db() -> None:
-    """``airflow db migrate`` in a subprocess (idempotent; ~4 s on a fresh SQLite file)."""
+    """``airflow db migrate`` in a subprocess (idempotent; ~4 s on a fresh SQLite file), then the
+    pools the DAGs use (the one-slot ``training`` pool)."""
     subprocess.run([airflow_bin(), "db", "migrate"], check=True, env=subprocess_env(),
                    stdout=subprocess.DEVNULL)
+    ensure_pools()
+
+
+def ensure_pools() -> None:
+    """Create or resize the ``training`` pool to one slot (CPU-heavy tasks run one at a time)."""
+    from chainlend.dag_defaults import TRAINING_POOL
+
+    subprocess.run([airflow_bin(), "pools", "set", TRAINING_POOL, "1",
+                    "CPU-heavy model training: one task at a time (explicit thread counts)"],
+                   check=True, env=subprocess_env(), stdout=subprocess.DEVNULL)
 
 
 def load_dag(dag_id: str):

@@ -7,7 +7,8 @@ The embedded profile keeps all state under one git-ignored folder, ``var/`` at t
 - ``var/warehouse.db``  the warehouse (landing tables, batch log)
 - ``var/sources/``      the simulated source systems: ``erp.db``, ``dealer.db`` and the
                         simulator's own ``sim.db`` (oracle and fault manifest; never read by DAGs)
-- ``var/mlflow/``       MLflow store (later issues)
+- ``var/mlflow/``       MLflow tracking and registry store (``mlflow.db``) and artifacts
+- ``var/models/``       training datasets (parquet) the model runs point at
 - ``var/demo/``         demo report and mailbox
 
 Every location can be overridden: an environment variable that is already set always wins
@@ -81,6 +82,33 @@ def apply_embedded_defaults(environ: dict[str, str] | None = None) -> dict[str, 
         if key not in env:
             env[key] = value
             applied[key] = value
-    for sub in ("airflow", "sources", "demo"):
+    for sub in ("airflow", "sources", "demo", "mlflow", "models"):
         (var / sub).mkdir(parents=True, exist_ok=True)
     return applied
+
+
+def mlflow_tracking_uri(environ: dict[str, str] | None = None) -> str:
+    """``$CHAINLEND_MLFLOW_TRACKING_URI``, else ``$MLFLOW_TRACKING_URI``, else the embedded
+    SQLite store ``var/mlflow/mlflow.db`` (MLflow 3 refuses the file store). The registry uses
+    the same URI."""
+    env = os.environ if environ is None else environ
+    uri = env.get("CHAINLEND_MLFLOW_TRACKING_URI") or env.get("MLFLOW_TRACKING_URI")
+    return uri or f"sqlite:///{var_dir(env) / 'mlflow' / 'mlflow.db'}"
+
+
+def mlflow_artifact_root(environ: dict[str, str] | None = None) -> str:
+    """Where new experiments put artifacts: ``$CHAINLEND_MLFLOW_ARTIFACT_ROOT`` (any URI MLflow
+    accepts, e.g. ``s3://bucket/mlflow``) or ``var/mlflow/artifacts``."""
+    env = os.environ if environ is None else environ
+    root = env.get("CHAINLEND_MLFLOW_ARTIFACT_ROOT")
+    return root or (var_dir(env) / "mlflow" / "artifacts").as_uri()
+
+
+def model_approval_required(environ: dict[str, str] | None = None) -> bool:
+    """Maker/checker for promotions: ``CHAINLEND_MODEL_APPROVAL=required`` makes a challenger that
+    passes the gate wait for ``chainlend models approve``; ``auto`` (default) promotes it."""
+    env = os.environ if environ is None else environ
+    value = env.get("CHAINLEND_MODEL_APPROVAL", "auto").strip().lower()
+    if value not in ("auto", "required"):
+        raise ValueError(f"CHAINLEND_MODEL_APPROVAL must be 'auto' or 'required', got {value!r}")
+    return value == "required"

@@ -150,6 +150,21 @@ class Warehouse:
             sa.Column("recipients", sa.Text, nullable=False),
             sa.Column("sent_at", sa.DateTime, nullable=False),
         )
+        self.model_audit = sa.Table(
+            "model_alias_audit", self.metadata,
+            sa.Column("audit_id", sa.BigInteger().with_variant(sa.Integer, "sqlite"),
+                      primary_key=True, autoincrement=True),
+            sa.Column("family", sa.String(64), nullable=False),
+            sa.Column("alias", sa.String(32), nullable=False),
+            sa.Column("action", sa.String(16), nullable=False),  # set | refused | pending
+            sa.Column("version", sa.String(16), nullable=False),
+            sa.Column("previous_version", sa.String(16), nullable=True),
+            sa.Column("actor", sa.String(255), nullable=False),
+            sa.Column("reason", sa.Text, nullable=False),
+            sa.Column("metrics", sa.Text, nullable=False),  # JSON
+            sa.Column("at", sa.DateTime, nullable=False),
+            sa.Index("ix_model_alias_audit_family", "family", "alias"),
+        )
         self._landing: dict[tuple[str, str], sa.Table] = {}
         self._published: dict[tuple[str, str], sa.Table] = {}
 
@@ -198,6 +213,27 @@ class Warehouse:
         table = self.published(contract)
         with self.engine.connect() as conn:
             return pd.read_sql(sa.select(table).order_by(table.c[contract.key]), conn)
+
+    def read_frames(self, names) -> dict:
+        """Published tables as DataFrames keyed ``"<source>.<table>"`` with the contract's columns
+        only; timestamps and dates parsed to datetime64 (the input of :mod:`features`)."""
+        import pandas as pd
+
+        from sources.contract import table as contract_of
+
+        frames = {}
+        for name in names:
+            source, tname = name.split(".", 1)
+            contract = contract_of(source, tname)
+            table = self.published(contract)
+            cols = [table.c[c] for c in contract.column_names]
+            with self.engine.connect() as conn:
+                df = pd.read_sql(sa.select(*cols).order_by(table.c[contract.key]), conn)
+            for c in contract.columns:
+                if c.type in ("ts", "date"):
+                    df[c.name] = pd.to_datetime(df[c.name])
+            frames[name] = df
+        return frames
 
     def read_table(self, table: sa.Table, *where):
         import pandas as pd
