@@ -1,0 +1,88 @@
+"""Input frames: the tables a builder needs, checked against the source contract.
+
+A *frames* mapping holds one DataFrame per source table, keyed ``"<source>.<table>"``
+(``"dealer.sales"``), with the contract's column names (:mod:`sources.contract`). Timestamps are
+naive UTC datetime64; dates may be datetime64 or ``datetime.date``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable, Mapping
+
+import numpy as np
+import pandas as pd
+
+from features.panel import day_numbers, known_day
+from sources.contract import WATERMARK, table
+
+Frames = Mapping[str, pd.DataFrame]
+_EPOCH = dt.date(1970, 1, 1)
+
+
+class FeatureError(ValueError):
+    """The inputs of a feature builder are not what it needs; the message names what is missing."""
+
+
+def require(frames: Frames, key: str, columns: Iterable[str]) -> pd.DataFrame:
+    """The frame ``key`` with ``columns`` (a view of those columns, in that order).
+
+    Raises:
+        FeatureError: if the table or a column is missing, or ``key`` is not a contract table.
+    """
+    source, _, name = key.partition(".")
+    try:
+        contract = table(source, name)
+    except KeyError as exc:
+        raise FeatureError(f"{key!r} is not a source table of the contract: {exc}") from None
+    columns = list(columns)
+    unknown = [c for c in columns if c not in contract.column_names]
+    if unknown:
+        raise FeatureError(f"{key} has no contract column(s) {unknown}")  # a bug in the builder
+    if key not in frames:
+        raise FeatureError(f"the feature inputs miss table {key!r} (got {sorted(frames)})")
+    df = frames[key]
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise FeatureError(f"table {key!r} misses column(s) {missing} (it has {list(df.columns)})")
+    return df[columns]
+
+
+def event_column(key: str) -> str:
+    source, _, name = key.partition(".")
+    event = table(source, name).event_time
+    if event is None:
+        raise FeatureError(f"{key} is reference data: it has no event time")
+    return event
+
+
+def timing(df: pd.DataFrame, key: str, event: str | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(event day, known day) of every row of the transactional table ``key``.
+
+    The event is the contract's ``event_time`` unless ``event`` names a column (or an already
+    computed Series) to use instead.
+    """
+    event = event_column(key) if event is None else event
+    ev = day_numbers(df[event]) if isinstance(event, str) else day_numbers(event)
+    upd = day_numbers(df[WATERMARK])
+    return ev, known_day(ev, upd)
+
+
+def day_of(value: dt.date) -> int:
+    """The day number of a date (an as-of date is midnight at the start of that day)."""
+    if isinstance(value, dt.datetime) or not isinstance(value, dt.date):
+        if isinstance(value, pd.Timestamp) and value == value.normalize():
+            value = value.date()
+        else:
+            raise FeatureError(f"an as-of date must be a datetime.date (midnight), got {value!r}")
+    return (value - _EPOCH).days
+
+
+def days_to_dates(days: np.ndarray) -> np.ndarray:
+    """Day numbers back to datetime64[ns] (midnight)."""
+    return (np.asarray(days, dtype=np.int64).astype("datetime64[D]")).astype("datetime64[ns]")
+
+
+def positions(index: pd.Index, ids) -> np.ndarray:
+    """Positions of ``ids`` in ``index`` (-1 for an id not in it)."""
+    return index.get_indexer(pd.Index(ids))
