@@ -129,6 +129,7 @@ class DealerPanel:
         onboarded = self.attrs["onboarded"].to_numpy()[:, None]
         days = g.day_axis()[None, :]
         history = np.clip(days - np.fmax(data_start[None, :], onboarded), 1, None)
+        p["history_days"] = history
         rate_30 = p["sales_30d"] / np.minimum(history, SHORT_WINDOW)
         rate_180 = sales_180d / np.minimum(history, LONG_WINDOW)
         p["sales_trend"] = ratio(rate_30, rate_180)

@@ -113,8 +113,8 @@ FEATURES: dict[str, tuple[Feature, ...]] = {
                                               "drawdown", "count"),
         ("stock_change_since_drawdown", "cars on the dealer's lot now - at the drawdown", "count"),
         ("sales_since_drawdown_vs_expected", "the dealer's sales that became known since the drawdown / the "
-                                             "sales its 90-day rate at the drawdown predicts; NaN if that "
-                                             "rate was 0", "ratio"),
+                                             "sales its daily rate over the 90 days (or its shorter "
+                                             "history) before the drawdown predicts; NaN if that rate was 0", "ratio"),
         ("appraisal_drift", "the dealer's appraisal_ratio_90d now - at the drawdown", "ratio"),
         ("ltv", "requested amount / appraised value", "ratio"),
         ("term_days", "loan term", "days"),
