@@ -46,8 +46,8 @@ REPAYMENTS = "dealer.loan_repayments"
 
 APPLICATION_COLUMNS = ("application_id", "dealer_id", "vin", "purchase_price_fen", "appraised_value_fen",
                        "requested_fen", "term_days", "applied_at")
-DEALER_LEVEL = feature_names(DEALER_PD)[:18]
-VEHICLE_LEVEL = feature_names(DEALER_PD)[18:]
+VEHICLE_LEVEL = ("vehicle_age_years", "mileage_km", "price_to_appraisal", "ltv", "term_days", "appraised_value_cny")
+DEALER_LEVEL = tuple(n for n in feature_names(DEALER_PD) if n not in VEHICLE_LEVEL)
 
 
 def _first_known(keys: pd.Series, known: np.ndarray, wanted: pd.Index) -> np.ndarray:
@@ -116,7 +116,7 @@ class DealerPanel:
         p: dict[str, np.ndarray] = {}
 
         # sales
-        sales = require(frames, SALES, ("vin", "dealer_id", "sold_at", "updated_at"))
+        sales = require(frames, SALES, ("vin", "dealer_id", "sale_price_fen", "sold_at", "updated_at"))
         sold, sale_known = timing(sales, SALES)
         s_dealer = positions(self.index, sales["dealer_id"])
         p["sales_30d"] = g.window_sum(s_dealer, sold, sale_known, SHORT_WINDOW)
@@ -135,8 +135,8 @@ class DealerPanel:
         p["sales_trend"] = ratio(rate_30, rate_180)
 
         # stock: a car is on the lot from its inventory row until its sale is known
-        inv = require(frames, INVENTORY, ("vin", "dealer_id", "purchase_price_fen", "appraised_value_fen",
-                                          "acquired_at", "updated_at"))
+        inv = require(frames, INVENTORY, ("vin", "dealer_id", "model_year", "mileage_km", "purchase_price_fen",
+                                          "appraised_value_fen", "acquired_at", "updated_at"))
         acquired, inv_known = timing(inv, INVENTORY)
         i_dealer = positions(self.index, inv["dealer_id"])
         gone = _first_known(sales["vin"], sale_known, pd.Index(inv["vin"].to_numpy()))
@@ -151,6 +151,22 @@ class DealerPanel:
         p["appraisal_ratio_90d"] = ratio(g.window_sum(i_dealer, acquired, inv_known, MID_WINDOW, appraisal),
                                          g.window_sum(i_dealer, acquired, inv_known, MID_WINDOW,
                                                       np.where(np.isnan(appraisal), np.nan, 1.0)))
+
+        acq_year = pd.DatetimeIndex(days_to_dates(acquired)).year.to_numpy()
+        bought = g.window_sum(i_dealer, acquired, inv_known, MID_WINDOW)
+        p["acquired_age_mean_90d"] = ratio(g.window_sum(i_dealer, acquired, inv_known, MID_WINDOW,
+                                                        acq_year - inv["model_year"].to_numpy(np.float64)), bought)
+        p["acquired_mileage_mean_90d"] = ratio(g.window_sum(i_dealer, acquired, inv_known, MID_WINDOW,
+                                                            inv["mileage_km"].to_numpy(np.float64)), bought)
+        # a sale's price against its car's appraisal: counted once both rows are known
+        car = pd.DataFrame({"appraised": inv["appraised_value_fen"].to_numpy(np.float64), "known": inv_known},
+                           index=pd.Index(inv["vin"].to_numpy())).groupby(level=0).first()
+        car = car.reindex(sales["vin"].to_numpy())
+        sale_ratio = ratio(sales["sale_price_fen"].to_numpy(), car["appraised"].to_numpy())
+        both = np.maximum(sale_known, car["known"].fillna(NEVER).to_numpy(np.int64))
+        p["sale_to_appraisal_90d"] = ratio(
+            g.window_sum(s_dealer, sold, both, MID_WINDOW, sale_ratio),
+            g.window_sum(s_dealer, sold, both, MID_WINDOW, np.where(np.isnan(sale_ratio), np.nan, 1.0)))
 
         # loans and repayments
         ln = self.loans

@@ -66,6 +66,12 @@ _DEALER_LEVEL = (
                                  "NaN without a completed audit", "share"),
     ("appraisal_ratio_90d", "mean appraised value / purchase price of the cars the dealer bought in the last "
                             "90 days; NaN if none", "ratio"),
+    ("sale_to_appraisal_90d", "mean sale price / appraised value of the cars the dealer sold in the last 90 "
+                              "days; NaN if none", "ratio"),
+    ("acquired_age_mean_90d", "mean age (acquisition year - model year) of the cars the dealer bought in the "
+                              "last 90 days; NaN if none", "years"),
+    ("acquired_mileage_mean_90d", "mean odometer of the cars the dealer bought in the last 90 days; NaN if "
+                                  "none", "km"),
     ("tenure_days", "days since the dealer was onboarded", "days"),
     ("city_tier", "tier of the dealer's city, 1 (largest) .. 4", "tier"),
 )
