@@ -12,6 +12,7 @@ BENCHES = {
     "dag_parse": "parse_bench",
     "ingest": "ingest_bench",
     "gate": "gate_bench",
+    "train": "train_bench",
 }
 
 
