@@ -34,7 +34,16 @@ from features.definitions import (
     YEAR_WINDOW,
     feature_names,
 )
-from features.frames import FeatureError, Frames, day_of, days_to_dates, positions, require, timing
+from features.frames import (
+    FeatureError,
+    Frames,
+    day_of,
+    days_to_dates,
+    first_known,
+    positions,
+    require,
+    timing,
+)
 from features.panel import NEVER, Grid, day_numbers, ratio
 
 DEALERS = "dealer.dealers"
@@ -48,12 +57,6 @@ APPLICATION_COLUMNS = ("application_id", "dealer_id", "vin", "purchase_price_fen
                        "requested_fen", "term_days", "applied_at")
 VEHICLE_LEVEL = ("vehicle_age_years", "mileage_km", "price_to_appraisal", "ltv", "term_days", "appraised_value_cny")
 DEALER_LEVEL = tuple(n for n in feature_names(DEALER_PD) if n not in VEHICLE_LEVEL)
-
-
-def _first_known(keys: pd.Series, known: np.ndarray, wanted: pd.Index) -> np.ndarray:
-    """The earliest known day per key, aligned to ``wanted`` (NEVER where a key has no row)."""
-    first = pd.Series(known, index=pd.Index(keys)).groupby(level=0).min()
-    return first.reindex(wanted).fillna(NEVER).to_numpy(dtype=np.int64)
 
 
 @dataclass(frozen=True)
@@ -85,11 +88,10 @@ class Loans:
         due = applied + term
         bad_day = due + DEALER_GRACE_DAYS
         paid, rep_known = timing(reps, REPAYMENTS)
-        rep_app = reps["application_id"]
-        repaid_known = _first_known(rep_app, rep_known, ids)
-        pos = ids.get_indexer(pd.Index(rep_app))
-        before_bad = (pos >= 0) & (paid < np.where(pos >= 0, bad_day[np.clip(pos, 0, None)], 0))
-        good_known = _first_known(rep_app[before_bad], rep_known[before_bad], ids)
+        pos = positions(ids, reps["application_id"])
+        repaid_known = first_known(pos, len(ids), rep_known)
+        before_bad = (pos >= 0) & (paid < np.append(bad_day, 0)[pos])
+        good_known = first_known(np.where(before_bad, pos, -1), len(ids), rep_known)
         ltv = ratio(apps["requested_fen"].to_numpy(), apps["appraised_value_fen"].to_numpy())
         return cls(ids, positions(dealers, apps["dealer_id"]), apps["vin"].to_numpy(), applied, known, due,
                    bad_day, repaid_known, good_known, term, ltv)
@@ -139,7 +141,8 @@ class DealerPanel:
                                           "appraised_value_fen", "acquired_at", "updated_at"))
         acquired, inv_known = timing(inv, INVENTORY)
         i_dealer = positions(self.index, inv["dealer_id"])
-        gone = _first_known(sales["vin"], sale_known, pd.Index(inv["vin"].to_numpy()))
+        car_of_sale = positions(inv["vin"], sales["vin"])
+        gone = first_known(car_of_sale, len(inv), sale_known)
         stock = g.interval_sum(i_dealer, inv_known, gone)
         p["stock_count"] = stock
         acquired_sum = g.interval_sum(i_dealer, inv_known, gone, acquired.astype(np.float64))
@@ -159,11 +162,9 @@ class DealerPanel:
         p["acquired_mileage_mean_90d"] = ratio(g.window_sum(i_dealer, acquired, inv_known, MID_WINDOW,
                                                             inv["mileage_km"].to_numpy(np.float64)), bought)
         # a sale's price against its car's appraisal: counted once both rows are known
-        car = pd.DataFrame({"appraised": inv["appraised_value_fen"].to_numpy(np.float64), "known": inv_known},
-                           index=pd.Index(inv["vin"].to_numpy())).groupby(level=0).first()
-        car = car.reindex(sales["vin"].to_numpy())
-        sale_ratio = ratio(sales["sale_price_fen"].to_numpy(), car["appraised"].to_numpy())
-        both = np.maximum(sale_known, car["known"].fillna(NEVER).to_numpy(np.int64))
+        appraised = np.append(inv["appraised_value_fen"].to_numpy(np.float64), np.nan)[car_of_sale]
+        sale_ratio = ratio(sales["sale_price_fen"].to_numpy(), appraised)
+        both = np.maximum(sale_known, np.append(inv_known, NEVER)[car_of_sale])
         p["sale_to_appraisal_90d"] = ratio(
             g.window_sum(s_dealer, sold, both, MID_WINDOW, sale_ratio),
             g.window_sum(s_dealer, sold, both, MID_WINDOW, np.where(np.isnan(sale_ratio), np.nan, 1.0)))
@@ -222,13 +223,14 @@ def _vehicle_features(frames: Frames, apps: pd.DataFrame, applied: np.ndarray) -
     """The financed car's features: from the application row and its VIN's inventory row (the car
     is part of the application, so its inventory row is used whatever its timestamps)."""
     inv = require(frames, INVENTORY, ("vin", "model_year", "mileage_km"))
-    inv = inv.drop_duplicates("vin").set_index("vin")
-    car = inv.reindex(apps["vin"].to_numpy())
+    car = positions(inv["vin"], apps["vin"])
+    model_year = np.append(inv["model_year"].to_numpy(np.float64), np.nan)[car]
+    mileage = np.append(inv["mileage_km"].to_numpy(np.float64), np.nan)[car]
     year = pd.DatetimeIndex(days_to_dates(applied)).year.to_numpy()
     appraised = apps["appraised_value_fen"].to_numpy(dtype=np.float64)
     return pd.DataFrame({
-        "vehicle_age_years": year - car["model_year"].to_numpy(dtype=np.float64),
-        "mileage_km": car["mileage_km"].to_numpy(dtype=np.float64),
+        "vehicle_age_years": year - model_year,
+        "mileage_km": mileage,
         "price_to_appraisal": ratio(apps["purchase_price_fen"].to_numpy(), appraised),
         "ltv": ratio(apps["requested_fen"].to_numpy(), appraised),
         "term_days": apps["term_days"].to_numpy(dtype=np.float64),

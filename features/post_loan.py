@@ -20,25 +20,32 @@ import pandas as pd
 
 from features.dealer import SALES, DealerPanel, Loans, dealer_index
 from features.definitions import MID_WINDOW, POST_LOAN, feature_names
-from features.frames import FeatureError, Frames, day_of, days_to_dates, require, timing
+from features.frames import (
+    FeatureError,
+    Frames,
+    day_of,
+    days_to_dates,
+    earliest_row,
+    positions,
+    require,
+    timing,
+)
 from features.panel import NEVER, day_numbers, ratio
 
 SNAPSHOT_ANCHOR_DAY = 4  # 1970-01-05, a Monday: weekly snapshots fall on Mondays
 
 
-def _sales_by_vin(frames: Frames, vins: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(day the sale is known, sale day) per VIN (NEVER where no sale row exists)."""
+def _sales_of_loans(frames: Frames, loans: Loans) -> tuple[np.ndarray, np.ndarray]:
+    """(day the sale is known, sale day) of each loan's car (NEVER where no sale row exists)."""
     sales = require(frames, SALES, ("vin", "sold_at", "updated_at"))
     sold, known = timing(sales, SALES)
-    first = (pd.DataFrame({"vin": sales["vin"].to_numpy(), "known": known, "sold": sold})
-             .sort_values("known", kind="stable").drop_duplicates("vin").set_index("vin"))
-    found = first.reindex(vins)
-    return (found["known"].fillna(NEVER).to_numpy(np.int64), found["sold"].fillna(NEVER).to_numpy(np.int64))
+    row = earliest_row(positions(loans.vin, sales["vin"]), len(loans.ids), known)
+    return np.append(known, NEVER)[row], np.append(sold, NEVER)[row]
 
 
 def _features(frames: Frames, loans: Loans, panel: DealerPanel, loan: np.ndarray, day: np.ndarray) -> pd.DataFrame:
     dealer, drawn = loans.dealer[loan], loans.applied[loan]
-    sale_known, sold = _sales_by_vin(frames, loans.vin[loan])
+    sale_known, sold = (x[loan] for x in _sales_of_loans(frames, loans))
     is_sold = sale_known <= day
     unpaid = loans.repaid_known[loan] > day
 
@@ -77,7 +84,7 @@ def post_loan_features(frames: Frames, loans: pd.DataFrame) -> pd.DataFrame:
         raise FeatureError(f"loans miss column(s) {missing} (they have {list(loans.columns)})")
     dealers, _ = dealer_index(frames)
     book = Loans.build(frames, dealers)
-    loan = book.ids.get_indexer(pd.Index(loans["application_id"].to_numpy()))
+    loan = positions(book.ids, loans["application_id"])
     if (loan < 0).any():
         raise FeatureError(f"application id(s) not in dealer.loan_applications: "
                            f"{loans['application_id'].to_numpy()[loan < 0][:5].tolist()}")

@@ -216,7 +216,7 @@ class SupplierPanel:
 
 def _supplier_positions(index: pd.Index, supplier_ids: Iterable[str]) -> np.ndarray:
     ids = pd.Index(list(supplier_ids))
-    pos = index.get_indexer(ids)
+    pos = positions(index, ids)
     if (pos < 0).any():
         raise FeatureError(f"supplier id(s) not in {SUPPLIERS}: {ids[pos < 0][:5].tolist()}")
     return pos
