@@ -414,7 +414,9 @@ def feature_psi(expected_df: pd.DataFrame, actual_df: pd.DataFrame, columns, bin
     """PSI of each column of ``actual_df`` against ``expected_df``, named ``psi``, indexed by column.
 
     Numeric columns use ``psi_table`` (quantile bins of the expected column), other columns
-    (strings, categories, booleans) ``categorical_psi_table``.
+    (strings, categories, booleans) ``categorical_psi_table``. A numeric column that is missing on
+    every expected row has no quantiles: it is compared as missing vs present (two categories),
+    so a feature that starts to exist shows up as a shift instead of failing the report.
 
     Raises:
         MetricError: if a column is missing from either frame, or as ``psi_table``.
@@ -428,7 +430,11 @@ def feature_psi(expected_df: pd.DataFrame, actual_df: pd.DataFrame, columns, bin
     for column in columns:
         e_col, a_col = expected_df[column], actual_df[column]
         try:
-            if _is_numeric(e_col) and _is_numeric(a_col):
+            if _is_numeric(e_col) and e_col.isna().all():
+                values[column] = float(categorical_psi_table(
+                    e_col.notna().map({True: "present", False: "missing"}),
+                    a_col.notna().map({True: "present", False: "missing"}))["psi"].sum())
+            elif _is_numeric(e_col) and _is_numeric(a_col):
                 values[column] = float(psi_table(e_col, a_col, bins=bins)["psi"].sum())
             else:
                 values[column] = float(categorical_psi_table(e_col, a_col)["psi"].sum())

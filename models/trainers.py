@@ -198,8 +198,13 @@ class _Scorecard:
 
     binning: Any  # optbinning.BinningProcess
     logit: Any  # sklearn.linear_model.LogisticRegression
+    # features missing on every training row carry no information: they are scored as the
+    # constant 0 (one bin, WOE 0) instead of failing optbinning's fit
+    empty_columns: tuple[str, ...] = ()
 
     def woe(self, X: pd.DataFrame) -> np.ndarray:
+        if self.empty_columns:
+            X = X.assign(**{c: 0.0 for c in self.empty_columns})
         out = self.binning.transform(X, metric="woe", metric_missing="empirical", metric_special="empirical")
         return np.asarray(out, dtype=np.float64)
 
@@ -314,7 +319,8 @@ class Candidate:
         else:
             import joblib
 
-            joblib.dump({"binning": self.model.binning, "logit": self.model.logit}, model_path)
+            joblib.dump({"binning": self.model.binning, "logit": self.model.logit,
+                         "empty_columns": list(self.model.empty_columns)}, model_path)
         manifest = {
             "manifest_version": MANIFEST_VERSION,
             "algo": self.algo,
@@ -367,7 +373,8 @@ class Candidate:
             import joblib
 
             parts = joblib.load(path)
-            model = _Scorecard(binning=parts["binning"], logit=parts["logit"])
+            model = _Scorecard(binning=parts["binning"], logit=parts["logit"],
+                               empty_columns=tuple(parts.get("empty_columns", ())))
         return cls(algo=algo, params=manifest["params"], best_iteration=manifest["best_iteration"],
                    feature_names=tuple(manifest["feature_names"]), model=model, threads=threads)
 
@@ -455,9 +462,12 @@ def _train_scorecard(X_train, y_train, X_valid, y_valid, cfg):
     from sklearn.linear_model import LogisticRegression
 
     params = scorecard_params(cfg)
+    empty = tuple(c for c in X_train.columns if X_train[c].isna().all())
+    if empty:
+        X_train = X_train.assign(**{c: 0.0 for c in empty})
     binning = BinningProcess(list(X_train.columns), **params["binning"], n_jobs=cfg.threads)
     binning.fit(X_train, y_train)
-    card = _Scorecard(binning=binning, logit=LogisticRegression(**params["logistic"]))
+    card = _Scorecard(binning=binning, logit=LogisticRegression(**params["logistic"]), empty_columns=empty)
     card.logit.fit(card.woe(X_train), y_train)
     return params, None, card
 

@@ -41,14 +41,19 @@ class Split:
     window: dict  # part -> {start, end, rows, bads}
 
 
-def oot_split(df: pd.DataFrame, fractions: tuple[float, float, float] = (0.6, 0.2, 0.2)) -> Split:
-    """Split ``df`` by ``obs_date`` into train / validation / OOT (see the module docstring)."""
+def oot_split(df: pd.DataFrame, fractions: tuple[float, float, float] = (0.6, 0.2, 0.2),
+              date_column: str = "obs_date") -> Split:
+    """Split ``df`` by ``date_column`` into train / validation / OOT (see the module docstring).
+
+    Snapshot datasets (one loan observed on several dates) split on the loan's cohort date
+    (its drawdown) instead, so every part holds whole loans and the same mix of loan ages: on a
+    split by snapshot date the latest matured snapshots could only hold old loans."""
     if abs(sum(fractions) - 1.0) > 1e-9 or min(fractions) <= 0:
         raise TrainingError(f"split fractions must be positive and sum to 1, got {fractions}")
-    for col in ("obs_date", "label"):
+    for col in (date_column, "label"):
         if col not in df.columns:
             raise TrainingError(f"dataset has no {col!r} column; it has {list(df.columns)[:12]}...")
-    dates = pd.to_datetime(df["obs_date"]).dt.normalize()
+    dates = pd.to_datetime(df[date_column]).dt.normalize()
     counts = dates.value_counts().sort_index()
     if len(counts) < 3:
         raise TrainingError(f"an out-of-time split needs at least 3 observation dates, got {len(counts)}")
@@ -97,12 +102,12 @@ class FamilyResult:
 
 
 def fit_family(df: pd.DataFrame, features: list[str], cfg: TrainConfig,
-               algorithms: tuple[str, ...] = (*GBMS, BENCHMARK)) -> FamilyResult:
-    """Split, train every algorithm, evaluate on validation and OOT, choose."""
+               algorithms: tuple[str, ...] = (*GBMS, BENCHMARK), split_on: str = "obs_date") -> FamilyResult:
+    """Split (on ``split_on``), train every algorithm, evaluate on validation and OOT, choose."""
     missing = [f for f in features if f not in df.columns]
     if missing:
         raise TrainingError(f"dataset lacks feature column(s) {missing}")
-    split = oot_split(df)
+    split = oot_split(df, date_column=split_on)
     X = df[features].astype("float64")
     y = df["label"].to_numpy().astype(np.int64)
     cands: dict[str, Candidate] = {}
@@ -120,7 +125,7 @@ def fit_family(df: pd.DataFrame, features: list[str], cfg: TrainConfig,
     model = cands[chosen]
     train_pd = model.predict_pd(X[split.train])
     oot_pd = model.predict_pd(X[split.oot])
-    all_period = pd.to_datetime(df["obs_date"]).dt.strftime("%Y-%m").to_numpy()
+    all_period = pd.to_datetime(df[split_on]).dt.strftime("%Y-%m").to_numpy()
     stability = m.stability(y, model.predict_pd(X), all_period)
     return FamilyResult(
         split=split, candidates=cands, validation=val, oot=oot, chosen=chosen,

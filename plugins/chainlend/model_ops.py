@@ -39,6 +39,11 @@ SUPPLIER_TABLES = ("erp.suppliers", "erp.supplier_links", "erp.parts", "erp.vehi
                    "erp.sub_bom", "erp.production", "erp.goods_receipts", "erp.payables", "erp.credit_memos",
                    "erp.supplier_repayments")
 SYSTEM_ACTOR = "train_risk_models"
+# The first days of any history are the features' burn-in: 90- and 180-day windows are still
+# filling and no loan has matured to show repayment behaviour, so observations dated (by the
+# split date) within WARMUP_DAYS of the first one are left out; otherwise the early train
+# window sees a different world from the OOT window (a score PSI > 0.25 on the same process).
+WARMUP_DAYS = 60
 MONITORING_PLAN = {
     "dealer_pd": [
         "daily: PSI of the score and of every feature against this version's training window "
@@ -68,19 +73,39 @@ class Family:
     build: Callable  # (frames, as_of) -> labelled dataset
     key: str  # the observation's business key column
     oracle: str  # "loan" | "supplier"
+    split_on: str = "obs_date"  # the date the out-of-time split uses
+
+
+def _build(module: str, fn: str, **kwargs) -> Callable:
+    """The dataset builder ``features.<module>.<fn>``, imported when called (pandas-heavy)."""
+    def build(frames, as_of):
+        import importlib
+
+        extra = {k: v() if callable(v) else v for k, v in kwargs.items()}
+        return getattr(importlib.import_module(f"features.{module}"), fn)(frames, as_of, **extra)
+    return build
+
+
+def _cohorts(build: Callable) -> Callable:
+    """Add ``drawdown_date`` (obs_date - days_since_drawdown) to a loan-snapshot dataset."""
+    def with_cohort(frames, as_of):
+        import pandas as pd
+
+        df = build(frames, as_of)
+        df["drawdown_date"] = pd.to_datetime(df["obs_date"]) - pd.to_timedelta(df["days_since_drawdown"], unit="D")
+        return df
+    return with_cohort
 
 
 def _families() -> dict[str, Family]:
-    from features.dealer import dealer_pd_dataset
-    from features.post_loan import post_loan_dataset
-    from features.supplier import supplier_pd_dataset
-
     return {
-        "dealer_pd": Family("dealer_pd", DEALER_TABLES, dealer_pd_dataset, "application_id", "loan"),
-        "supplier_pd": Family("supplier_pd", SUPPLIER_TABLES, _supplier_builder(supplier_pd_dataset),
+        "dealer_pd": Family("dealer_pd", DEALER_TABLES, _build("dealer", "dealer_pd_dataset"),
+                            "application_id", "loan"),
+        "supplier_pd": Family("supplier_pd", SUPPLIER_TABLES,
+                              _build("supplier", "supplier_pd_dataset", horizon_days=lambda: supplier_horizon_days()),
                               "supplier_id", "supplier"),
-        "post_loan_behaviour": Family("post_loan_behaviour", DEALER_TABLES, post_loan_dataset,
-                                      "application_id", "loan"),
+        "post_loan_behaviour": Family("post_loan_behaviour", DEALER_TABLES, _cohorts(_build("post_loan",
+                                      "post_loan_dataset")), "application_id", "loan", split_on="drawdown_date"),
     }
 
 
@@ -99,12 +124,6 @@ def supplier_horizon_days() -> int:
     if not 30 <= days <= 730:
         raise ModelOpsError(f"CHAINLEND_SUPPLIER_HORIZON_DAYS must be in [30, 730], got {days}")
     return days
-
-
-def _supplier_builder(fn):
-    def build(frames, as_of):
-        return fn(frames, as_of, horizon_days=supplier_horizon_days())
-    return build
 
 
 def family(name: str) -> Family:
@@ -181,6 +200,11 @@ def build_dataset(family_name: str, as_of: dt.date, warehouse: Warehouse | None 
     warehouse = warehouse or Warehouse.from_conn()
     frames = warehouse.read_frames(fam.tables)
     df = fam.build(frames, as_of)
+    if not df.empty:
+        import pandas as pd
+
+        split = pd.to_datetime(df[fam.split_on])
+        df = df[split >= split.min() + pd.Timedelta(days=WARMUP_DAYS)].reset_index(drop=True)
     if df.empty:
         raise ModelOpsError(f"{family_name}: no labelled observations as of {as_of}; the published tables "
                             f"{list(fam.tables)} hold {[len(f) for f in frames.values()]} rows")
@@ -251,7 +275,7 @@ def train(family_name: str, pointer: dict, *, maker: str = SYSTEM_ACTOR, cfg=Non
     cfg = cfg or TrainConfig()
     df = pd.read_parquet(pointer["path"])
     names = feature_names(family_name)
-    result = fit_family(df, names, cfg)
+    result = fit_family(df, names, cfg, split_on=fam.split_on)
     oot_df = df[result.split.oot]
     y_oot = oot_df["label"].to_numpy()
     oracle = _oracle(fam, oot_df)
@@ -300,7 +324,7 @@ def train(family_name: str, pointer: dict, *, maker: str = SYSTEM_ACTOR, cfg=Non
         "family": family_name, "algorithm": result.chosen, "as_of": pointer["as_of"],
         "data_window": window, "features": [f["name"] for f in features_doc],
         "params": model.params, "git_commit": commit, "trained_by": maker,
-        "dataset_path": pointer["path"], "oot_metrics": {k: _round(v) for k, v in oot.items()},
+        "dataset_path": pointer["path"], "split_on": fam.split_on, "oot_metrics": {k: _round(v) for k, v in oot.items()},
         "scorecard_oot_auc": _round(result.oot["scorecard"]["auc"]) if "scorecard" in result.oot else None,
         "oracle_auc": _round(oracle_auc) if oracle_auc is not None else "n/a (no simulator)",
         **({"training_key": key} if key else {}),
@@ -347,7 +371,7 @@ def _oot_frame(tags: dict):
 
     df = pd.read_parquet(tags["dataset_path"])
     window = json.loads(tags["data_window"])["oot"]
-    d = pd.to_datetime(df["obs_date"])
+    d = pd.to_datetime(df[tags.get("split_on", "obs_date")])
     return df[(d >= pd.Timestamp(window["start"])) & (d <= pd.Timestamp(window["end"]))]
 
 
