@@ -346,8 +346,9 @@ def _model_structure(model_bom: pd.DataFrame, sub_bom: pd.DataFrame) -> _ModelSp
     lineage = lineage.astype({"line_value_fen": np.int64})
     lineage = lineage.sort_values(["supplier_id", "bom_line_id", "sub_bom_line_id"], na_position="first",
                                   kind="mergesort", ignore_index=True)
-    lineage["sub_bom_line_id"] = lineage["sub_bom_line_id"].astype(object).where(
-        lineage["sub_bom_line_id"].notna(), None)
+    sub_ids = lineage["sub_bom_line_id"]
+    lineage["sub_bom_line_id"] = pd.Series(np.where(sub_ids.notna(), sub_ids.to_numpy(dtype=object), None),
+                                           dtype=object, index=lineage.index)
     return _ModelSplit(tier1_cost, pairs[["tier1", "supplier_id", "line_value_fen"]], lineage, problem)
 
 
@@ -675,7 +676,7 @@ def _apply_caps(credits: pd.DataFrame, suppliers: pd.DataFrame, policy: CascadeP
     credits["amount_fen"] = amount.astype(np.int64)
     credits["capped_fen"] = capped.astype(np.int64)
     binding = caps["binding"].reindex(key).to_numpy(dtype=object)
-    credits["capped_by"] = np.where(capped > 0, binding, None).astype(object)
+    credits["capped_by"] = pd.Series(np.where(capped > 0, binding, None), dtype=object, index=credits.index)
     return credits
 
 
@@ -698,6 +699,6 @@ def _credit_lines(credits: pd.DataFrame, lineage: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame({
         "credit_id": np.repeat(keyed["credit_id"].to_numpy(dtype=object), count),
         "bom_line_id": lineage["bom_line_id"].to_numpy(dtype=object)[take],
-        "sub_bom_line_id": lineage["sub_bom_line_id"].to_numpy(dtype=object)[take],
+        "sub_bom_line_id": pd.Series(lineage["sub_bom_line_id"].to_numpy(dtype=object)[take], dtype=object),
         "line_value_fen": lineage["line_value_fen"].to_numpy(dtype=np.int64)[take],
     }, columns=list(LINE_COLUMNS))
