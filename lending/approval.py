@@ -245,7 +245,7 @@ def decide(apps: pd.DataFrame, scores: pd.DataFrame, dealers: pd.DataFrame, poli
         null = apps[column].isna().to_numpy()
         if null.any():
             raise DecisionInputError(f"apps.{column}: expected no nulls; applications {_bad_rows(apps, null, key)}")
-    applied_at = pd.to_datetime(apps["applied_at"], errors="coerce")
+    applied_at = pd.to_datetime(apps["applied_at"], errors="coerce", format="ISO8601")
     if applied_at.isna().any():
         bad = applied_at.isna().to_numpy()
         raise DecisionInputError(f"apps.applied_at: expected timestamps; applications {_bad_rows(apps, bad, key)} "
