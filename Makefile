@@ -7,13 +7,14 @@ STAMP := $(VENV)/.synced
 export UV_COMPILE_BYTECODE := 1
 export UV_LINK_MODE := copy
 
-.PHONY: help venv demo test lint bench airflow setup clean
+.PHONY: help venv demo test lint bench airflow mlflow setup clean
 
 help:
 	@echo "make demo     simulate 30 business days and run the daily DAGs (report in var/demo/)"
 	@echo "make test     lint, import contracts and the whole test suite"
 	@echo "make bench    benchmarks; report in var/bench/"
 	@echo "make airflow  serve the DAGs in airflow standalone on http://127.0.0.1:8080"
+	@echo "make mlflow   the MLflow UI on the embedded registry at http://127.0.0.1:5000"
 
 $(STAMP): uv.lock pyproject.toml
 	@$(UV) --version >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet uv
@@ -40,6 +41,9 @@ bench: venv
 
 airflow: venv
 	$(VENV)/bin/chainlend airflow
+
+mlflow: venv
+	$(VENV)/bin/chainlend mlflow-ui
 
 clean:
 	rm -rf var

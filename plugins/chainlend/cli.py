@@ -198,6 +198,21 @@ def cmd_models(args) -> int:
     return 0
 
 
+def cmd_mlflow_ui(args) -> int:
+    """The MLflow UI on the configured tracking store, bound to 127.0.0.1."""
+    from chainlend.runtime import subprocess_env
+
+    uri = settings.mlflow_tracking_uri()
+    cmd = [str(os.path.join(os.path.dirname(sys.executable), "mlflow")), "ui", "--backend-store-uri", uri,
+           "--default-artifact-root", settings.mlflow_artifact_root(), "--host", "127.0.0.1",
+           "--port", str(args.port)]
+    print(f"MLflow UI on http://127.0.0.1:{args.port} ({uri}); Ctrl-C stops it")
+    try:
+        return subprocess.call(cmd, env=subprocess_env())
+    except KeyboardInterrupt:
+        return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="chainlend", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -236,6 +251,10 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("version", nargs="?", help="version number to approve")
     m.add_argument("--by", help="the approver's name (must differ from who trained it)")
     m.set_defaults(func=cmd_models)
+
+    ui = sub.add_parser("mlflow-ui", help="the MLflow UI on the embedded registry (127.0.0.1)")
+    ui.add_argument("--port", type=int, default=5000)
+    ui.set_defaults(func=cmd_mlflow_ui)
 
     sub.add_parser("airflow", help="serve the DAGs in airflow standalone on 127.0.0.1").set_defaults(
         func=cmd_airflow)

@@ -223,7 +223,12 @@ def _publish(conn, warehouse, contract, batch_id, outcome: GateOutcome, seqs: pd
         return
     keys = accepted[contract.key].astype(str).tolist()
     newer = {k for (k,) in conn.execute(sa.select(key).where(pub.c[BATCH_ID] > batch_id))}
-    conn.execute(sa.delete(pub).where(key == sa.bindparam("k")), [{"k": k} for k in keys if k not in newer])
+    # replace the published rows of keys that already exist (corrections, replays): the key set
+    # is read once, so an initial load of a million new keys issues no per-key delete at all
+    existing = set(conn.execute(sa.select(key)).scalars())
+    stale = [{"k": k} for k in keys if k in existing and k not in newer]
+    if stale:
+        conn.execute(sa.delete(pub).where(key == sa.bindparam("k")), stale)
     records = accepted.assign(**{BATCH_ID: batch_id, SEQ: seqs.loc[accepted.index].to_numpy()})
     if newer:
         records = records[~records[contract.key].astype(str).isin(newer)]
@@ -240,12 +245,16 @@ def _quarantine(conn, warehouse, contract, batch_id, run_id, outcome: GateOutcom
     conn.execute(sa.delete(q).where(q.c.batch_id == batch_id))
     # replay: keys that published now close earlier open records of the same table
     if not outcome.accepted.empty:
-        conn.execute(
-            sa.update(q).where(q.c.source == contract.source, q.c.table_name == contract.name,
-                               q.c.status == "open", q.c.key_value == sa.bindparam("k"))
-            .values(status="resolved", resolved_batch_id=batch_id, resolved_at=now),
-            [{"k": k} for k in outcome.accepted[contract.key].astype(str).unique().tolist()],
-        )
+        open_keys = set(conn.execute(sa.select(q.c.key_value).where(
+            q.c.source == contract.source, q.c.table_name == contract.name, q.c.status == "open")).scalars())
+        closing = [{"k": k} for k in outcome.accepted[contract.key].astype(str).unique().tolist() if k in open_keys]
+        if closing:
+            conn.execute(
+                sa.update(q).where(q.c.source == contract.source, q.c.table_name == contract.name,
+                                   q.c.status == "open", q.c.key_value == sa.bindparam("k"))
+                .values(status="resolved", resolved_batch_id=batch_id, resolved_at=now),
+                closing,
+            )
     bad = outcome.quarantined
     if bad.empty:
         return
