@@ -204,9 +204,27 @@ def _cny(fen: int) -> str:
     return text if fen % 100 == 0 else f"{text}.{fen % 100:02d}"
 
 
-def _texts(codes: list[str], params: dict[str, str]) -> tuple[str, str]:
-    return ("; ".join(reason_text(c, "en", **params) for c in codes),
-            "; ".join(reason_text(c, "zh", **params) for c in codes))
+class _Texts:
+    """The texts of reason codes under a policy, each (code, band) formatted once per batch."""
+
+    def __init__(self, policy: ApprovalPolicy):
+        self.policy = policy
+        self.cache: dict[tuple[str, int], tuple[str, str]] = {}
+
+    def one(self, code: str, band_index: int) -> tuple[str, str]:
+        key = (code, band_index)
+        if key not in self.cache:
+            band = self.policy.bands[band_index]
+            params = {"max_vehicle_age_years": str(self.policy.max_vehicle_age_years),
+                      "max_mileage_km": f"{self.policy.max_mileage_km:,}",
+                      "min_amount_cny": _cny(self.policy.min_amount_fen),
+                      "band": band.name, "advance_pct": f"{band.advance_bp / 100:g}%"}
+            self.cache[key] = (reason_text(code, "en", **params), reason_text(code, "zh", **params))
+        return self.cache[key]
+
+    def join(self, codes: list[str], band_index: int) -> tuple[str, str]:
+        texts = [self.one(c, band_index) for c in codes]
+        return "; ".join(t[0] for t in texts), "; ".join(t[1] for t in texts)
 
 
 def decide(apps: pd.DataFrame, scores: pd.DataFrame, dealers: pd.DataFrame, policy: ApprovalPolicy, *,
@@ -280,6 +298,7 @@ def decide(apps: pd.DataFrame, scores: pd.DataFrame, dealers: pd.DataFrame, poli
         DEALER_FROZEN: dealer["frozen"].to_numpy(),
     }
     floor_amount = max(policy.min_amount_fen, 1)
+    texts = _Texts(policy)
     financed: set = set()
     dealer_ids = apps["dealer_id"].tolist()
     vins = apps["vin"].tolist()
@@ -287,9 +306,6 @@ def decide(apps: pd.DataFrame, scores: pd.DataFrame, dealers: pd.DataFrame, poli
         ["t", "id"], kind="mergesort").index.to_numpy()
     for i in order.tolist():
         band = policy.bands[band_idx[i]]
-        params = {"max_vehicle_age_years": str(policy.max_vehicle_age_years),
-                  "max_mileage_km": f"{policy.max_mileage_km:,}", "min_amount_cny": _cny(policy.min_amount_fen),
-                  "band": band.name, "advance_pct": f"{band.advance_bp / 100:g}%"}
         rules = [c for c in (DEALER_BLOCKED, VEHICLE_TOO_OLD, MILEAGE_TOO_HIGH) if static[c][i]]
         if vin_financed[i] or vins[i] in financed:
             rules.append(VIN_FINANCED)
@@ -323,7 +339,7 @@ def decide(apps: pd.DataFrame, scores: pd.DataFrame, dealers: pd.DataFrame, poli
         codes = [] if result == APPROVED else list(dict.fromkeys(rules + model_codes[i]))[:MAX_REASONS]
         decision[i], amount[i] = result, offered
         codes_out[i] = json.dumps(codes)
-        text_en[i], text_zh[i] = _texts(codes, params)
+        text_en[i], text_zh[i] = texts.join(codes, band_idx[i])
         # EL = PD x LGD x EAD, half up: pd in millionths x lgd in basis points -> divide by 1e10
         el[i] = (int(pd_micro[i]) * policy.lgd_bp * offered * 2 + PD_SCALE * RATE_SCALE) // (
             2 * PD_SCALE * RATE_SCALE)
