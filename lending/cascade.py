@@ -660,22 +660,23 @@ def _supplier_caps(suppliers: pd.DataFrame, policy: CascadePolicy) -> pd.DataFra
 def _apply_caps(credits: pd.DataFrame, suppliers: pd.DataFrame, policy: CascadePolicy) -> pd.DataFrame:
     """Amounts after caps, consumed per supplier in event order (cumulative sums, no row loop)."""
     caps = _supplier_caps(suppliers, policy)
-    missing = sorted(set(credits["supplier_id"].astype(str)) - set(caps.index))
+    missing = sorted(set(map(str, credits["supplier_id"].unique())) - set(caps.index))
     if missing:
         raise CascadeError(f"suppliers: expected a row (limit, exposure, payables) for every supplier with "
                            f"a share, got none for {len(missing)}: {missing[:10]}")
-    credits = credits.sort_values(["order", "supplier_id"], kind="mergesort", ignore_index=True)
-    key = credits["supplier_id"].astype(str)
+    credits = credits.iloc[np.argsort(credits["order"].to_numpy(), kind="stable")].reset_index(drop=True)
+    code = caps.index.get_indexer(credits["supplier_id"].astype(str))
     share = credits["share_fen"].to_numpy(dtype=np.int64)
-    earlier = credits.groupby(key, sort=False)["share_fen"].cumsum().to_numpy(dtype=np.int64) - share
-    headroom = caps["headroom_fen"].reindex(key).to_numpy(dtype=np.int64)
+    # earlier shares of the same supplier in event order (one row per supplier per event)
+    earlier = pd.Series(share).groupby(code, sort=False).cumsum().to_numpy(dtype=np.int64) - share
+    headroom = caps["headroom_fen"].to_numpy(dtype=np.int64)[code]
     # greedy consumption: earlier amounts = min(headroom, earlier shares), so this is exact
     amount = np.clip(headroom - earlier, 0, share)
     capped = share - amount
-    credits["tier"] = caps["tier"].reindex(key).to_numpy()
+    credits["tier"] = caps["tier"].to_numpy()[code]
     credits["amount_fen"] = amount.astype(np.int64)
     credits["capped_fen"] = capped.astype(np.int64)
-    binding = caps["binding"].reindex(key).to_numpy(dtype=object)
+    binding = caps["binding"].to_numpy(dtype=object)[code]
     credits["capped_by"] = pd.Series(np.where(capped > 0, binding, None), dtype=object, index=credits.index)
     return credits
 
@@ -697,8 +698,8 @@ def _credit_lines(credits: pd.DataFrame, lineage: pd.DataFrame) -> pd.DataFrame:
     offset_in_block = np.arange(int(count.sum()), dtype=np.int64) - np.repeat(np.cumsum(count) - count, count)
     take = np.repeat(start, count) + offset_in_block
     return pd.DataFrame({
-        "credit_id": np.repeat(keyed["credit_id"].to_numpy(dtype=object), count),
-        "bom_line_id": lineage["bom_line_id"].to_numpy(dtype=object)[take],
+        "credit_id": keyed["credit_id"].array.take(np.repeat(np.arange(len(keyed)), count)),
+        "bom_line_id": lineage["bom_line_id"].array.take(take),
         "sub_bom_line_id": pd.Series(lineage["sub_bom_line_id"].to_numpy(dtype=object)[take], dtype=object),
         "line_value_fen": lineage["line_value_fen"].to_numpy(dtype=np.int64)[take],
     }, columns=list(LINE_COLUMNS))
