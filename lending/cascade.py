@@ -105,6 +105,10 @@ class CascadePolicy:
                                f"({self.max_limit_fen}), got {self.min_limit_fen}")
         _check_real("dilution_reserve_floor", self.dilution_reserve_floor, low=0.0, high=1.0, high_open=True)
         _check_real("dilution_multiplier", self.dilution_multiplier, low=0.0, high=math.inf)
+        for name in ("el_budget_fen", "max_limit_fen", "min_limit_fen"):  # numpy ints -> int (canonical JSON)
+            object.__setattr__(self, name, int(getattr(self, name)))
+        for name in ("advance_rate", "lgd", "dilution_reserve_floor", "dilution_multiplier"):
+            object.__setattr__(self, name, float(getattr(self, name)))
 
 
 def _check_real(name: str, value: Any, *, low: float, high: float, low_open: bool = False,
@@ -236,6 +240,8 @@ def largest_remainder(totals: np.ndarray, groups: np.ndarray, weights: np.ndarra
     totals = np.asarray(totals, dtype=np.int64)
     if len(weights) == 0:
         return np.zeros(0, dtype=np.int64)
+    if (weights < 0).any() or (totals < 0).any():
+        raise CascadeError("largest_remainder: expected weights and totals ≥ 0, got a negative value")
     group_weight = np.zeros(len(totals), dtype=np.int64)
     np.add.at(group_weight, groups, weights)
     if (group_weight[groups] == 0).any() and (totals[groups][group_weight[groups] == 0] != 0).any():

@@ -348,3 +348,9 @@ def test_allocate_rejects_broken_inputs(mutate, message):
             "sub_bom": SUB_BOM, "suppliers": suppliers()}
     with pytest.raises(CascadeError, match=message):
         allocate(**mutate(args), policy=CASCADE_POLICY_V1, batch_id="B1")
+
+
+def test_policy_accepts_numpy_numbers_and_hashes_them_like_python_ones():
+    fields = {**dataclasses.asdict(CASCADE_POLICY_V1), "el_budget_fen": np.int64(5_000_000),
+              "advance_rate": np.float64(0.7)}
+    assert policy_hash(load_cascade_policy(fields)) == policy_hash(CASCADE_POLICY_V1)
