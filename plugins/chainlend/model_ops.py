@@ -139,6 +139,7 @@ def family(name: str) -> Family:
 
 def client():
     """An ``MlflowClient`` on the configured tracking/registry URI (also set as mlflow's default)."""
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no bars in task logs
     import mlflow
 
     uri = settings.mlflow_tracking_uri()

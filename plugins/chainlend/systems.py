@@ -189,7 +189,7 @@ class Warehouse:
                     sa.Column(RUN_ID, sa.String(255), nullable=False),
                     sa.Column(SEQ, sa.BigInteger, nullable=False),
                 ),
-                indexes=(BATCH_ID,),
+                indexes=(BATCH_ID, *_referenced(contract)),
             )
         return self._landing[key]
 
@@ -203,7 +203,7 @@ class Warehouse:
                 extra=(sa.Column(BATCH_ID, sa.String(128), nullable=False),
                        sa.Column(SEQ, sa.BigInteger, nullable=False),
                        sa.Index(f"ux_{name}_key", contract.key, unique=True)),
-                indexes=(BATCH_ID,),
+                indexes=(BATCH_ID, *(("vin",) if contract.unique_vin else ())),
             )
         return self._published[key]
 
@@ -268,6 +268,12 @@ class Warehouse:
             query = query.where(self.batches.c.source == source)
         with self.engine.connect() as conn:
             return pd.read_sql(query, conn)
+
+
+def _referenced(contract: Table) -> tuple[str, ...]:
+    """Columns of ``contract`` that foreign keys of its source point at (the gate looks them up)."""
+    cols = {fk.ref_column for t in TABLES[contract.source] for fk in t.foreign_keys if fk.table == contract.name}
+    return tuple(sorted(cols))
 
 
 def landing_name(contract: Table) -> str:
