@@ -213,6 +213,40 @@ def cmd_mlflow_ui(args) -> int:
         return 0
 
 
+def cmd_review(args) -> int:
+    """The manual review queue of order-loan applications."""
+    import sqlalchemy as sa
+
+    from chainlend.lending_ops import LendingOpsError, review
+    from chainlend.systems import Warehouse
+
+    if args.action == "list":
+        w = Warehouse.from_conn()
+        q, d = w.lending["review_queue"], w.lending["loan_decisions"]
+        query = sa.select(q, d.c.pd, d.c.band, d.c.reason_text_en).join(
+            d, d.c.application_id == q.c.application_id).order_by(q.c.queued_at, q.c.application_id)
+        if not args.all:
+            query = query.where(q.c.status == "pending")
+        with w.engine.connect() as conn:
+            for r in conn.execute(query).mappings():
+                print(f"{r['application_id']}  {r['dealer_id']}  {r['status']:<8} proposed "
+                      f"{r['proposed_amount_fen'] / 100:,.2f} CNY  PD {r['pd']:.4f} band {r['band']}  "
+                      f"{r['officer'] or ''}  {r['reason_text_en']}")
+        return 0
+    if not args.application_id:
+        print("usage: chainlend review approve|decline APPLICATION_ID --by NAME [--amount-fen N | --reason TEXT]",
+              file=sys.stderr)
+        return 2
+    try:
+        done = review(args.application_id, action=args.action, by=args.by or "", amount_fen=args.amount_fen,
+                      note=args.reason)
+    except LendingOpsError as exc:
+        print(f"refused: {exc}", file=sys.stderr)
+        return 1
+    print(f"{done['application_id']}: {done['status']} by {done['officer']} ({done['amount_fen']} fen)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="chainlend", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -251,6 +285,15 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("version", nargs="?", help="version number to approve")
     m.add_argument("--by", help="the approver's name (must differ from who trained it)")
     m.set_defaults(func=cmd_models)
+
+    r = sub.add_parser("review", help="manual review queue of order loans: list, approve, decline")
+    r.add_argument("action", choices=["list", "approve", "decline"])
+    r.add_argument("application_id", nargs="?")
+    r.add_argument("--by", help="the credit officer's name")
+    r.add_argument("--amount-fen", type=int, help="approved amount in fen (default: the proposed amount)")
+    r.add_argument("--reason", help="why (required to decline)")
+    r.add_argument("--all", action="store_true", help="list decided items too")
+    r.set_defaults(func=cmd_review)
 
     ui = sub.add_parser("mlflow-ui", help="the MLflow UI on the embedded registry (127.0.0.1)")
     ui.add_argument("--port", type=int, default=5000)

@@ -20,7 +20,7 @@ from pathlib import Path
 from chainlend import settings
 
 DEMO_START = dt.date(2026, 3, 2)  # a Monday
-DAILY_DAGS = ("ingest_erp", "ingest_dealer")
+DAILY_DAGS = ("ingest_erp", "ingest_dealer", "approve_dealer_loans", "allocate_supplier_credit")
 HISTORY_DAYS = 150  # business days the sources ran before the demo window (~7 months)
 # The supplier label (60+ DPD within 12 months) cannot mature on 7 months of history: the demo
 # trains supplier_pd on a 90-day horizon, said in the validation pack's data window and README.
@@ -52,7 +52,14 @@ def run_demo(*, days: int, scale: str, seed: int, faults: str, history: int = HI
     from chainlend.connections import sqlalchemy_url
     from chainlend.mail import SmtpSink
     from chainlend.quality import validator_for
-    from chainlend.report import ingest_section, models_section, quality_section, write_report
+    from chainlend.report import (
+        approval_section,
+        ingest_section,
+        models_section,
+        quality_section,
+        supplier_credit_section,
+        write_report,
+    )
     from chainlend.runtime import load_dag, migrate_metadata_db, run_dag, task_states
     from chainlend.systems import Warehouse
     from sources.simulator import FaultRates, Simulator
@@ -94,6 +101,8 @@ def run_demo(*, days: int, scale: str, seed: int, faults: str, history: int = HI
         "ingest": ingest_section(warehouse),
         "quality": quality_section(warehouse, str(docs_index)),
         "models": models_section(),
+        "approval": approval_section(warehouse),
+        "supplier_credit": supplier_credit_section(warehouse),
     }
     json_path, md_path = write_report(var / "demo", report)
     report["run"]["report_json"] = str(json_path)
@@ -110,7 +119,7 @@ def _play(sim, dags, training, days, progress, run_dag, task_states, tqdm) -> li
         bar.update(1)
         daily = list(dags.items())
         if i == 0:  # the history has landed: train the first champions before anything decides
-            daily.append((training.dag_id, training))
+            daily.insert(2, (training.dag_id, training))
         for dag_id, dag in daily:
             bar.set_postfix_str(f"{day} {dag_id}")
             dag_run = run_dag(dag, day)

@@ -44,6 +44,9 @@ SYSTEM_ACTOR = "train_risk_models"
 # split date) within WARMUP_DAYS of the first one are left out; otherwise the early train
 # window sees a different world from the OOT window (a score PSI > 0.25 on the same process).
 WARMUP_DAYS = 60
+# Suppliers are observed weekly: defaults are rare (a few percent a year), weekly snapshots give
+# the model every supplier-week before a default instead of one month-end row.
+SUPPLIER_SNAPSHOT_DAYS = 7
 MONITORING_PLAN = {
     "dealer_pd": [
         "daily: PSI of the score and of every feature against this version's training window "
@@ -102,7 +105,8 @@ def _families() -> dict[str, Family]:
         "dealer_pd": Family("dealer_pd", DEALER_TABLES, _build("dealer", "dealer_pd_dataset"),
                             "application_id", "loan"),
         "supplier_pd": Family("supplier_pd", SUPPLIER_TABLES,
-                              _build("supplier", "supplier_pd_dataset", horizon_days=lambda: supplier_horizon_days()),
+                              _build("supplier", "supplier_pd_dataset", horizon_days=lambda: supplier_horizon_days(),
+                                     snapshot_every_days=SUPPLIER_SNAPSHOT_DAYS),
                               "supplier_id", "supplier"),
         "post_loan_behaviour": Family("post_loan_behaviour", DEALER_TABLES, _cohorts(_build("post_loan",
                                       "post_loan_dataset")), "application_id", "loan", split_on="drawdown_date"),
@@ -238,9 +242,9 @@ def _oracle(fam: Family, df):
             return df[["application_id"]].merge(o, on="application_id", how="left")["true_pd"].to_numpy()
         o = sim.oracle_pd()
         o = o[o["borrower_type"] == "supplier"].rename(columns={"borrower_id": "supplier_id"})
-        o["as_of"] = pd.to_datetime(o["as_of"])
+        o["as_of"] = pd.to_datetime(o["as_of"]).astype("datetime64[ns]")
         left = df[["supplier_id", "obs_date"]].reset_index(drop=True).reset_index()
-        left["obs_date"] = pd.to_datetime(left["obs_date"]) - pd.Timedelta(days=1)
+        left["obs_date"] = (pd.to_datetime(left["obs_date"]) - pd.Timedelta(days=1)).astype("datetime64[ns]")
         merged = pd.merge_asof(left.sort_values("obs_date"), o.sort_values("as_of"), left_on="obs_date",
                                right_on="as_of", by="supplier_id", direction="backward")
         return merged.sort_values("index")["true_pd"].to_numpy()

@@ -106,6 +106,44 @@ def models_section() -> dict:
     return section
 
 
+def approval_section(warehouse: Warehouse) -> dict:
+    """``decided``, ``approved``, ``reduced``, ``review``, ``declined``, ``amount_fen`` (approved and
+    reduced amounts) and ``top_reasons`` (the ten most frequent reason codes with their counts)."""
+    import pandas as pd
+    import sqlalchemy as sa
+
+    d = warehouse.lending["loan_decisions"]
+    with warehouse.engine.connect() as conn:
+        df = pd.read_sql(sa.select(d.c.decision, d.c.amount_fen, d.c.reason_codes), conn)
+    counts = df.decision.value_counts()
+    reasons = pd.Series([c for codes in df.reason_codes for c in json.loads(codes)], dtype=object)
+    return {
+        "decided": int(len(df)),
+        **{k: int(counts.get(k, 0)) for k in ("approved", "reduced", "review", "declined")},
+        "amount_fen": int(df.amount_fen[df.decision.isin(["approved", "reduced"])].sum()),
+        "top_reasons": {k: int(v) for k, v in reasons.value_counts().head(10).items()},
+    }
+
+
+def supplier_credit_section(warehouse: Warehouse) -> dict:
+    """``line_offs_verified`` (events that created credits), ``line_offs_unverified`` (events in the
+    exceptions table), ``allocations`` (credits), ``amount_fen``, ``suppliers_capped``."""
+    import sqlalchemy as sa
+
+    t = warehouse.lending
+    c, x = t["supplier_credits"], t["line_off_exceptions"]
+    with warehouse.engine.connect() as conn:
+        verified = conn.execute(sa.select(sa.func.count(sa.distinct(c.c.event_id)))).scalar()
+        unverified = conn.execute(sa.select(sa.func.count()).select_from(x)).scalar()
+        allocations, amount = conn.execute(sa.select(sa.func.count(), sa.func.coalesce(sa.func.sum(c.c.amount_fen), 0))
+                                           ).one()
+        capped = conn.execute(sa.select(sa.func.count(sa.distinct(c.c.supplier_id))).where(c.c.capped_fen > 0)).scalar()
+        by_reason = dict(conn.execute(sa.select(x.c.reason, sa.func.count()).group_by(x.c.reason)).all())
+    return {"line_offs_verified": int(verified), "line_offs_unverified": int(unverified),
+            "allocations": int(allocations), "amount_fen": int(amount), "suppliers_capped": int(capped),
+            "exceptions_by_reason": {k: int(v) for k, v in sorted(by_reason.items())}}
+
+
 def write_report(folder: Path, report: dict) -> tuple[Path, Path]:
     folder.mkdir(parents=True, exist_ok=True)
     json_path = folder / "report.json"
@@ -145,6 +183,20 @@ def render_markdown(report: dict) -> str:
                          f"{e['ks']:.4f} | {e['psi']:.4f} | {_fmt(e['oracle_auc'])} | {_fmt(e['scorecard_auc'])} | "
                          f"{w['rows']:,} ({w['bads']:,}) {w['start']}..{w['end']} |")
         lines.append("")
+    approval = report.get("approval")
+    if approval:
+        lines += ["## Order-loan approval", "",
+                  f"- decided {approval['decided']:,}: approved {approval['approved']:,}, reduced "
+                  f"{approval['reduced']:,}, review {approval['review']:,}, declined {approval['declined']:,}",
+                  f"- amount approved: {approval['amount_fen'] / 100:,.2f} CNY",
+                  "- top reasons: " + ", ".join(f"{k} ({v:,})" for k, v in approval["top_reasons"].items()), ""]
+    credit = report.get("supplier_credit")
+    if credit:
+        lines += ["## Supplier credit", "",
+                  f"- line-offs verified {credit['line_offs_verified']:,}, unverified (exceptions) "
+                  f"{credit['line_offs_unverified']:,}",
+                  f"- credits {credit['allocations']:,}, amount {credit['amount_fen'] / 100:,.2f} CNY, "
+                  f"suppliers capped {credit['suppliers_capped']:,}", ""]
     ingest = report.get("ingest", {})
     if ingest:
         lines += ["## Ingestion", "", "| source | table | batches | extracted | accepted | quarantined | blocked |",

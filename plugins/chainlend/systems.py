@@ -165,6 +165,9 @@ class Warehouse:
             sa.Column("at", sa.DateTime, nullable=False),
             sa.Index("ix_model_alias_audit_family", "family", "alias"),
         )
+        from chainlend import lending_store
+
+        self.lending = lending_store.define(self.metadata)
         self._landing: dict[tuple[str, str], sa.Table] = {}
         self._published: dict[tuple[str, str], sa.Table] = {}
 
@@ -232,6 +235,8 @@ class Warehouse:
             for c in contract.columns:
                 if c.type in ("ts", "date"):
                     df[c.name] = pd.to_datetime(df[c.name])
+                elif c.type == "bool" and df[c.name].notna().all():  # SQLite/MariaDB return 0/1
+                    df[c.name] = df[c.name].astype(bool)
             frames[name] = df
         return frames
 
