@@ -19,6 +19,9 @@ DEALER_BAD_DPD = 30  # a dealer loan is bad at 30+ days past due ...
 DEALER_GRACE_DAYS = 30  # ... i.e. not repaid before due_on + 30 days (due_on = applied date + term)
 SUPPLIER_BAD_DPD = 60  # a supplier is bad once an instalment is unpaid 60 days after its due date ...
 SUPPLIER_HORIZON_DAYS = 365  # ... within 12 months of the observation date
+SUPPLIER_BAD_WINDOW = 30  # materiality: of the instalments reaching 60 DPD within 30 days ...
+SUPPLIER_BAD_SHARE = 0.5  # ... at least half unpaid (a supplier that stopped paying)
+SUPPLIER_BAD_MIN_COUNT = 2  # ... and at least two of them
 
 # windows (days before the as-of date)
 SHORT_WINDOW = 30

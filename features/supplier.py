@@ -29,6 +29,9 @@ from features.definitions import (
     MID_WINDOW,
     SHORT_WINDOW,
     SUPPLIER_BAD_DPD,
+    SUPPLIER_BAD_MIN_COUNT,
+    SUPPLIER_BAD_SHARE,
+    SUPPLIER_BAD_WINDOW,
     SUPPLIER_HORIZON_DAYS,
     SUPPLIER_PD,
     feature_names,
@@ -128,10 +131,38 @@ class Instalments:
                    inst["good_known"].fillna(NEVER).to_numpy(np.int64))
 
     def first_bad_day(self, n: int, as_of: int) -> np.ndarray:
-        """Per supplier position: the first day it was bad as known at ``as_of`` (NEVER if not)."""
-        bad = (self.known <= as_of) & (self.bad_day <= as_of) & (self.good_known > as_of) & (self.supplier >= 0)
+        """Per supplier position: the first day it was bad as known at ``as_of`` (NEVER if not).
+
+        Materiality (as the Basel past-due counting does): a supplier is bad on day D when, of
+        its instalments that reached ``due + SUPPLIER_BAD_DPD`` within the ``SUPPLIER_BAD_WINDOW``
+        days up to D, at least ``SUPPLIER_BAD_SHARE`` (and ``SUPPLIER_BAD_MIN_COUNT``) are not
+        known to be paid in time - a supplier that stopped paying. A single instalment without a repayment row among hundreds
+        paid (a row the quality gate quarantined, a rounding gap) does not make it bad.
+        """
+        ok = (self.known <= as_of) & (self.bad_day <= as_of) & (self.supplier >= 0)
         out = np.full(n, NEVER, dtype=np.int64)
-        np.minimum.at(out, self.supplier[bad], self.bad_day[bad])
+        if not ok.any():
+            return out
+        sup, day = self.supplier[ok], self.bad_day[ok]
+        unpaid = (self.good_known[ok] > as_of).astype(np.int64)
+        lo, hi = int(day.min()), int(day.max())
+        width = hi - lo + 1 + SUPPLIER_BAD_WINDOW
+        total = np.zeros((n, width), dtype=np.int64)
+        late = np.zeros((n, width), dtype=np.int64)
+        np.add.at(total, (sup, day - lo), 1)
+        np.add.at(late, (sup, day - lo), unpaid)
+
+        def rolling(a: np.ndarray) -> np.ndarray:
+            c = np.cumsum(a, axis=1)
+            shifted = np.zeros_like(c)
+            shifted[:, SUPPLIER_BAD_WINDOW:] = c[:, :-SUPPLIER_BAD_WINDOW]
+            return c - shifted
+
+        t, u = rolling(total), rolling(late)
+        bad = (u >= SUPPLIER_BAD_MIN_COUNT) & (u >= SUPPLIER_BAD_SHARE * t)
+        bad[:, hi - lo + 1:] = False  # beyond the last known bad day nothing new is observed
+        has = bad.any(axis=1)
+        out[has] = lo + bad[has].argmax(axis=1)
         return out
 
 

@@ -459,7 +459,7 @@ def build_world(seed: int, scale, start: dt.date) -> World:  # scale: simulator.
     s_city = rng.choice(len(city_names), ns)
     s_x = (-0.30 * _std(np.log(s_tenure)) + 0.25 * (tier == 2) - 0.20 * _std(np.log(s_size))
            + rng.normal(0.0, 0.8, ns))
-    s_mu = _calibrate(s_x, np.ones(ns), SUPPLIER_TARGET_PD, float(np.hypot(AR_SD, 0.21)))
+    s_mu = _calibrate(s_x, np.ones(ns), scale.supplier_target_pd, float(np.hypot(AR_SD, 0.21)))
     s_a = s_mu + s_x
     s_b = rng.uniform(0.5, 1.5, ns)
     s_terms = rng.choice(np.array([30, 45, 60, 60, 60, 90]), ns)

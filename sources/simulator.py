@@ -89,12 +89,15 @@ class Scale:
     sub_bom_fraction: float = 0.5  # share of tier-1 parts with tier-2 components
     initial_stock_days: float = 8.0  # dealers' stock at the start, in days of buying
     audit_interval_days: int = 20  # a dealer's floor audit comes every ~N business days
+    supplier_target_pd: float = w.SUPPLIER_TARGET_PD  # mean 12-month PD of the supplier base
 
     def __post_init__(self) -> None:
         for f in ("dealers", "tier1_suppliers", "tier2_suppliers", "vehicle_models", "bom_lines_per_model",
                   "vehicles_per_day", "applications_per_day", "audit_interval_days"):
             if int(getattr(self, f)) < 1:
                 raise ValueError(f"Scale.{f} must be >= 1, got {getattr(self, f)!r}")
+        if not 0.0 < self.supplier_target_pd < 0.5:
+            raise ValueError(f"Scale.supplier_target_pd must be in (0, 0.5), got {self.supplier_target_pd}")
         if self.cities < 60:
             raise ValueError(f"Scale.cities must be >= 60, got {self.cities}")
         if not 0.0 < self.parts_sharing <= 1.0 or not 0.0 <= self.sub_bom_fraction <= 1.0:
@@ -107,7 +110,10 @@ SCALES: dict[str, Scale] = {
                   vehicles_per_day=20, applications_per_day=100),
     "small": Scale(dealers=80, tier1_suppliers=15, tier2_suppliers=35, vehicle_models=4, bom_lines_per_model=80,
                    vehicles_per_day=60, applications_per_day=600),
+    # demo: a stressed supplier base (12-month PD ~15 %, DOMAIN's is a few percent) so that the
+    # demo's 7-month history holds enough supplier defaults to train and test supplier_pd on
     "demo": Scale(dealers=300, tier1_suppliers=200, tier2_suppliers=500, vehicle_models=6, bom_lines_per_model=200,
+                  supplier_target_pd=0.15,
                   vehicles_per_day=300, applications_per_day=3_000),
     "reference": Scale(dealers=2_500, tier1_suppliers=200, tier2_suppliers=500, vehicle_models=20,
                        bom_lines_per_model=2_000, vehicles_per_day=3_000, applications_per_day=100_000),
