@@ -130,7 +130,7 @@ class Instalments:
                    inst["settled_known"].fillna(NEVER).to_numpy(np.int64),
                    inst["good_known"].fillna(NEVER).to_numpy(np.int64))
 
-    def first_bad_day(self, n: int, as_of: int) -> np.ndarray:
+    def first_bad_day(self, n: int, as_of: int, min_count: int = SUPPLIER_BAD_MIN_COUNT) -> np.ndarray:
         """Per supplier position: the first day it was bad as known at ``as_of`` (NEVER if not).
 
         Materiality (as the Basel past-due counting does): a supplier is bad on day D when, of
@@ -159,7 +159,7 @@ class Instalments:
             return c - shifted
 
         t, u = rolling(total), rolling(late)
-        bad = (u >= SUPPLIER_BAD_MIN_COUNT) & (u >= SUPPLIER_BAD_SHARE * t)
+        bad = (u >= min_count) & (u >= SUPPLIER_BAD_SHARE * t)
         bad[:, hi - lo + 1:] = False  # beyond the last known bad day nothing new is observed
         has = bad.any(axis=1)
         out[has] = lo + bad[has].argmax(axis=1)
@@ -276,7 +276,8 @@ def supplier_features(frames: Frames, supplier_ids: Iterable[str], as_of_dates: 
 
 
 def supplier_pd_dataset(frames: Frames, as_of: dt.date, *, snapshot_every_days: int = 30,
-                        horizon_days: int = SUPPLIER_HORIZON_DAYS) -> pd.DataFrame:
+                        horizon_days: int = SUPPLIER_HORIZON_DAYS,
+                        bad_min_count: int = SUPPLIER_BAD_MIN_COUNT) -> pd.DataFrame:
     """The training set of the supplier PD model as known at ``as_of``.
 
     Snapshots of every onboarded supplier on the dates ``first + 30 + k × snapshot_every_days``
@@ -301,7 +302,7 @@ def supplier_pd_dataset(frames: Frames, as_of: dt.date, *, snapshot_every_days: 
     if not len(snaps):
         return pd.DataFrame(columns=columns)
     inst = Instalments.build(frames, index)
-    first_bad = inst.first_bad_day(len(index), d)
+    first_bad = inst.first_bad_day(len(index), d, bad_min_count)
     sup = np.repeat(np.arange(len(index)), len(snaps))
     day = np.tile(snaps, len(index))
     bad_at = first_bad[sup]

@@ -168,8 +168,9 @@ def test_supplier_label_is_60_days_unpaid_within_the_horizon(t2_paid, expected_l
     reps = [("PY1", "T1", "2025-02-05", "2025-02-04"), ("PY2", "T1", "2025-02-05", "2025-02-05")]
     if t2_paid:
         reps.append(("PY1", "T2", "2025-02-05", t2_paid))
+    # T2 has a single instalment here: materiality's minimum count is lowered to 1 for it
     ds = features.supplier_pd_dataset(supplier_frames(reps), dt.date(2025, 6, 1), snapshot_every_days=30,
-                                      horizon_days=90)
+                                      horizon_days=90, bad_min_count=1)
     # snapshots from 2025-02-05 (30 days after the first receipt) every 30 days; only the 90-day
     # horizon of 02-05 has elapsed by June 1, the later ones are kept only if bad in them (T2 is
     # bad on 04-06 itself)
@@ -181,7 +182,10 @@ def test_supplier_label_is_60_days_unpaid_within_the_horizon(t2_paid, expected_l
     assert ds.loc[ds["supplier_id"] == "T1", "label"].tolist() == [0]
     # once bad, later snapshots are left out; open rows (horizon not elapsed, not bad) too
     later = features.supplier_pd_dataset(supplier_frames(reps), dt.date(2025, 6, 10), snapshot_every_days=30,
-                                         horizon_days=90)
+                                         horizon_days=90, bad_min_count=1)
+    default = features.supplier_pd_dataset(supplier_frames(reps), dt.date(2025, 6, 1), snapshot_every_days=30,
+                                           horizon_days=90)
+    assert default["label"].sum() == 0  # one unpaid instalment is below the materiality count (2)
     t2_later = later[later["supplier_id"] == "T2"]
     if expected_label:
         assert t2_later["obs_date"].max() <= pd.Timestamp("2025-04-06")
