@@ -55,7 +55,7 @@ def cmd_simulate(args) -> int:
 def cmd_demo(args) -> int:
     from chainlend.demo import run_demo
 
-    report = run_demo(days=args.days, scale=args.scale, seed=args.seed, faults=args.faults)
+    report = run_demo(days=args.days, scale=args.scale, seed=args.seed, faults=args.faults, history=args.history)
     failed = [r for r in report["dag_runs"] if r["failed_tasks"]]
     print(f"\nDemo finished in {report['run']['wall_s']} s: {len(report['dag_runs'])} DAG runs, "
           f"{len(failed)} with failed tasks (see the report).")
@@ -267,6 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="simulate N days and run the daily DAGs for each")
     d.add_argument("--days", type=int, default=30)
+    d.add_argument("--history", type=int, default=150, help="business days the sources ran before the demo")
     d.add_argument("--scale", default="demo")
     d.add_argument("--seed", type=int, default=7)
     d.add_argument("--faults", default="demo", choices=["demo", "none"])
