@@ -144,6 +144,8 @@ def family(name: str) -> Family:
 def client():
     """An ``MlflowClient`` on the configured tracking/registry URI (also set as mlflow's default)."""
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no bars in task logs
+    # the model pins its requirements explicitly; the project's uv.lock is not part of the model
+    os.environ.setdefault("MLFLOW_LOG_UV_FILES", "false")
     import mlflow
 
     uri = settings.mlflow_tracking_uri()
