@@ -66,6 +66,8 @@ def run_demo(*, days: int, scale: str, seed: int, faults: str, history: int = HI
 
     var = settings.var_dir()
     t0 = time.perf_counter()
+    # a failing task retries after 5 s in the demo, not the production minute (read at DAG parse)
+    os.environ.setdefault("CHAINLEND_RETRY_DELAY_S", "5")
     _reset_state(var)
     migrate_metadata_db()
     sim = Simulator(

@@ -89,6 +89,19 @@ def _build(module: str, fn: str, **kwargs) -> Callable:
     return build
 
 
+def _mature(build: Callable, horizon: Callable[[], int]) -> Callable:
+    """Keep only observations whose whole label horizon has elapsed by ``as_of``: a snapshot
+    still inside its horizon is known only if it already went bad, and keeping it would make the
+    latest (OOT) window all-bad (selection on the outcome)."""
+    def mature(frames, as_of):
+        import pandas as pd
+
+        df = build(frames, as_of)
+        end = pd.to_datetime(df["obs_date"]) + pd.Timedelta(days=horizon())
+        return df[end <= pd.Timestamp(as_of)].reset_index(drop=True)
+    return mature
+
+
 def _cohorts(build: Callable) -> Callable:
     """Add ``drawdown_date`` (obs_date - days_since_drawdown) to a loan-snapshot dataset."""
     def with_cohort(frames, as_of):
@@ -105,8 +118,8 @@ def _families() -> dict[str, Family]:
         "dealer_pd": Family("dealer_pd", DEALER_TABLES, _build("dealer", "dealer_pd_dataset"),
                             "application_id", "loan"),
         "supplier_pd": Family("supplier_pd", SUPPLIER_TABLES,
-                              _build("supplier", "supplier_pd_dataset", horizon_days=lambda: supplier_horizon_days(),
-                                     snapshot_every_days=SUPPLIER_SNAPSHOT_DAYS),
+                              _mature(_build("supplier", "supplier_pd_dataset", horizon_days=supplier_horizon_days,
+                                             snapshot_every_days=SUPPLIER_SNAPSHOT_DAYS), supplier_horizon_days),
                               "supplier_id", "supplier"),
         "post_loan_behaviour": Family("post_loan_behaviour", DEALER_TABLES, _cohorts(_build("post_loan",
                                       "post_loan_dataset")), "application_id", "loan", split_on="drawdown_date"),
