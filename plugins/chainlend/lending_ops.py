@@ -100,6 +100,13 @@ def approve_batch(business_date: dt.date, warehouse: Warehouse | None = None) ->
     feats = application_features(frames, pending)
     names = feature_names("dealer_pd")
     X = feats.loc[pending.application_id, names].astype("float64")
+    # an application whose vehicle is not published (its inventory row is quarantined or late)
+    # cannot be checked against the vehicle rules: it waits for a later batch, undecided
+    known = (X["vehicle_age_years"].notna() & X["mileage_km"].notna()).to_numpy()
+    waiting = int((~known).sum())
+    pending, X = pending[known].reset_index(drop=True), X[known]
+    if pending.empty:
+        return {"batch": batch, "decided": 0, "waiting_for_vehicle": waiting}
     scores = model.predict(X.reset_index(drop=True))  # one batch call
     scores.insert(0, "application_id", pending.application_id.to_numpy())
     dealers = _dealer_context(w, frames["dealer.dealers"], batch)
@@ -130,7 +137,7 @@ def approve_batch(business_date: dt.date, warehouse: Warehouse | None = None) ->
                                        "proposed_amount_fen": int(r.amount_fen), "status": "pending",
                                        "queued_at": _now()} for r in new.itertuples()])
     counts = out.decision.value_counts().to_dict()
-    return {"batch": batch, "decided": int(len(out)), "model_version": str(version),
+    return {"batch": batch, "decided": int(len(out)), "waiting_for_vehicle": waiting, "model_version": str(version),
             **{k: int(v) for k, v in counts.items()}}
 
 
