@@ -4,7 +4,7 @@ warehouse, the champion models from the registry, and the upserts of their resul
 Only published (gated) rows are decided on. Each run works on a *batch* whose membership is
 stored, so a re-run recomputes the same batch and upserts the same keys:
 
-- ``approve.<business date>``: the applications published with an application date up to the
+- ``approve.<business date>``: the published applications dated within the 7 days up to the
   business date that have no decision yet, plus those already decided in this batch;
 - ``sc.<interval end>``: the published line-off events not yet taken by an earlier micro-batch
   (``credit_batch_events``), plus those this batch took before.
@@ -26,6 +26,10 @@ log = logging.getLogger(__name__)
 # A supplier credit is repaid from the OEM's payment of the financed payable at its due date;
 # credits of line-offs within this many days count as current exposure.
 SUPPLIER_CREDIT_TERM_DAYS = 60
+# An application is decided when it is published within this many days of its application date
+# (late-published ones included); older undecided applications are history from before the bank
+# connected (loans the dealer platform funded elsewhere) and are not decided.
+APPROVAL_LOOKBACK_DAYS = 7
 DILUTION_WINDOW_DAYS = 90
 
 
@@ -92,7 +96,9 @@ def approve_batch(business_date: dt.date, warehouse: Warehouse | None = None) ->
     mine = set(decided.loc[decided.decision_batch == batch, "application_id"])
     done_elsewhere = set(decided.application_id) - mine
     cutoff = pd.Timestamp(business_date + dt.timedelta(days=1))
-    pending = apps[(apps.applied_at < cutoff) & ~apps.application_id.isin(done_elsewhere)]
+    start = pd.Timestamp(business_date - dt.timedelta(days=APPROVAL_LOOKBACK_DAYS))
+    pending = apps[((apps.applied_at >= start) & (apps.applied_at < cutoff) | apps.application_id.isin(mine))
+                   & ~apps.application_id.isin(done_elsewhere)]
     pending = pending.sort_values("application_id").reset_index(drop=True)
     if pending.empty:
         return {"batch": batch, "decided": 0}

@@ -208,7 +208,10 @@ def test_approve_dealer_loans_decides_every_published_application(trained):
     df = _decisions(trained["urls"])
     e = sa.create_engine(trained["urls"]["warehouse"])
     with e.connect() as conn:
-        apps = conn.execute(sa.text("SELECT COUNT(*) FROM published_dealer_loan_applications")).scalar()
+        # the last 7 days' applications (older ones are history from before the bank connected)
+        apps = conn.execute(sa.text(
+            "SELECT COUNT(*) FROM published_dealer_loan_applications WHERE applied_at >= :s AND applied_at < :e"),
+            {"s": trained["last"] - dt.timedelta(days=7), "e": trained["last"] + dt.timedelta(days=1)}).scalar()
         blocked = set(conn.execute(sa.text(
             "SELECT dealer_id FROM published_dealer_dealers WHERE status = 'blocked'")).scalars())
         queued = pd.read_sql(sa.text("SELECT * FROM review_queue"), conn)
