@@ -262,11 +262,14 @@ APPROVAL_POLICY_V1 = load_approval_policy({
     "lgd": 0.45,
     "max_vehicle_age_years": 10,
     "max_mileage_km": 200_000,
+    # sized for the simulated dealers: ~10 financed purchases a day at ~72,000 CNY, held 30-60
+    # days, put a dealer's order-loan book at 20-40 million CNY (the first limits, 0.5-3 million,
+    # declined two applications in three for the limit)
     "dealer_limit_fen_by_city_tier": {
-        1: 3_000_000 * FEN_PER_CNY,
-        2: 2_000_000 * FEN_PER_CNY,
-        3: 1_000_000 * FEN_PER_CNY,
-        4: 500_000 * FEN_PER_CNY,
+        1: 60_000_000 * FEN_PER_CNY,
+        2: 40_000_000 * FEN_PER_CNY,
+        3: 25_000_000 * FEN_PER_CNY,
+        4: 15_000_000 * FEN_PER_CNY,
     },
     "min_amount_fen": 10_000 * FEN_PER_CNY,
 })

@@ -19,7 +19,7 @@ from lending.reasons import REASONS, RULE_CODES, Reason, model_code, reason_text
 
 CNY = 100
 APPRAISED = 100_000 * CNY
-TIER1_LIMIT = 3_000_000 * CNY
+TIER1_LIMIT = 60_000_000 * CNY
 
 
 def app(application_id: str = "A1", **overrides) -> dict:
@@ -141,10 +141,10 @@ def test_reduce_band_approves_a_request_already_within_its_rate():
     (0.01, 70_000, 100_000, 0, "approved", 70_000, []),
     # ... the advance rate binds, even in an approve band
     (0.01, 95_000, 100_000, 0, "reduced", 80_000, ["R07"]),
-    # ... the remaining limit binds: 3,000,000 - 2,960,000 = 40,000 left
-    (0.01, 70_000, 100_000, 2_960_000, "reduced", 40_000, ["R08"]),
+    # ... the remaining limit binds: 60,000,000 - 59,960,000 = 40,000 left
+    (0.01, 70_000, 100_000, 59_960_000, "reduced", 40_000, ["R08"]),
     # ... both bind at the same amount: both named
-    (0.01, 95_000, 100_000, 2_920_000, "reduced", 80_000, ["R07", "R08"]),
+    (0.01, 95_000, 100_000, 59_920_000, "reduced", 80_000, ["R07", "R08"]),
     # floor to whole fen: 0.70 x 33,333.33 CNY = 23,333.331 CNY -> 2,333,333 fen
     (0.04, 30_000, 33_333.33, 0, "reduced", 23_333.33, ["R07"]),
     # 0.55 x 12,345.67 = 6,790.1185 CNY: below the 10,000 CNY minimum
@@ -161,8 +161,8 @@ def test_amount_is_min_of_request_advance_and_remaining_limit(pd_value, requeste
 
 
 def test_limit_cut_and_city_tier_set_the_limit():
-    # tier 4: 500,000 CNY x 0.3 = 150,000; 120,000 outstanding leaves 30,000
-    row = one({"requested_fen": 60_000 * CNY}, city_tier=4, limit_cut=0.3, outstanding_fen=120_000 * CNY)
+    # tier 4: 15,000,000 CNY x 0.3 = 4,500,000; 4,470,000 outstanding leaves 30,000
+    row = one({"requested_fen": 60_000 * CNY}, city_tier=4, limit_cut=0.3, outstanding_fen=4_470_000 * CNY)
     assert (row["decision"], row["amount_fen"], codes(row)) == ("reduced", 30_000 * CNY, ["R08"])
 
 

@@ -26,7 +26,7 @@ def test_v1_values():
         ("A", 0.03, "approve", 0.80), ("B", 0.06, "approve", 0.70), ("C", 0.10, "reduce", 0.55),
         ("D", 0.18, "review", 0.50), ("E", 1.0, "decline", 0.0)]
     assert (p.lgd, p.max_vehicle_age_years, p.max_mileage_km, p.min_amount_fen) == (0.45, 10, 200_000, 1_000_000)
-    assert p.dealer_limit_fen_by_city_tier == {1: 300_000_000, 2: 200_000_000, 3: 100_000_000, 4: 50_000_000}
+    assert p.dealer_limit_fen_by_city_tier == {1: 6_000_000_000, 2: 4_000_000_000, 3: 2_500_000_000, 4: 1_500_000_000}
     assert isinstance(p.bands[0], Band) and isinstance(p, ApprovalPolicy)
 
 
