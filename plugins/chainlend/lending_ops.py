@@ -6,8 +6,8 @@ stored, so a re-run recomputes the same batch and upserts the same keys:
 
 - ``approve.<business date>``: the published applications dated within the 7 days up to the
   business date that have no decision yet, plus those already decided in this batch;
-- ``sc.<interval end>``: the published line-off events not yet taken by an earlier micro-batch
-  (``credit_batch_events``), plus those this batch took before.
+- ``sc.<interval end>``: the published line-off events of the last 7 days not yet taken by an
+  earlier micro-batch (``credit_batch_events``), plus those this batch took before.
 """
 
 from __future__ import annotations
@@ -30,6 +30,9 @@ SUPPLIER_CREDIT_TERM_DAYS = 60
 # (late-published ones included); older undecided applications are history from before the bank
 # connected (loans the dealer platform funded elsewhere) and are not decided.
 APPROVAL_LOOKBACK_DAYS = 7
+# Line-off events older than this at a micro-batch's end are history from before the bank
+# connected (vehicles built before the programme): no micro-batch claims them.
+SUPPLIER_CREDIT_LOOKBACK_DAYS = 7
 DILUTION_WINDOW_DAYS = 90
 
 
@@ -250,7 +253,8 @@ def allocate_batch(interval_end: dt.datetime, warehouse: Warehouse | None = None
     be = t["credit_batch_events"]
     with w.engine.begin() as conn:  # claim the batch's events (a re-run finds its claim)
         taken = pd.read_sql(sa.select(be), conn)
-        new = events[(events.updated_at < pd.Timestamp(interval_end))
+        since = pd.Timestamp(interval_end) - pd.Timedelta(days=SUPPLIER_CREDIT_LOOKBACK_DAYS)
+        new = events[(events.updated_at < pd.Timestamp(interval_end)) & (events.line_off_at >= since)
                      & ~events.event_id.isin(taken.event_id)].event_id.tolist()
         if new:
             conn.execute(be.insert(), [{"event_id": e, "batch_id": batch} for e in new])

@@ -312,7 +312,9 @@ def test_allocate_supplier_credit_end_to_end(trained, supplier_champion):
 
     credits = read("SELECT * FROM supplier_credits ORDER BY credit_id")
     exceptions = read("SELECT * FROM line_off_exceptions")
-    events = read("SELECT event_id, vin, iot_verified FROM published_erp_line_off_events")
+    since = dt.datetime.combine(trained["last"], dt.time(23, 15)) - dt.timedelta(days=7)
+    events = read(f"SELECT event_id, vin, iot_verified FROM published_erp_line_off_events "
+                  f"WHERE line_off_at >= '{since:%Y-%m-%d %H:%M:%S}'")
     assert len(credits) > 1000
     unverified = events[events.iot_verified == 0]
     assert set(unverified.event_id) <= set(exceptions.event_id)
