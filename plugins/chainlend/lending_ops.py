@@ -20,6 +20,7 @@ import pandas as pd
 import sqlalchemy as sa
 
 from chainlend.systems import Warehouse
+from sources.contract import table as contract_table
 
 log = logging.getLogger(__name__)
 
@@ -58,19 +59,14 @@ def champion(family: str):
     return version, mlflow.pyfunc.load_model(f"models:/{family}/{version}")
 
 
-def _upsert(conn, table: sa.Table, frame: pd.DataFrame, key_cols: list[str]) -> None:
-    """Delete the rows of ``frame``'s keys, insert ``frame`` (one transaction, chunked)."""
+def _upsert(conn, table: sa.Table, frame: pd.DataFrame, key: str) -> None:
+    """Delete the rows of ``frame``'s ``key`` values, insert ``frame`` (one transaction, chunked)."""
     if frame.empty:
         return
     records = frame.astype(object).where(frame.notna(), None).to_dict("records")
-    if len(key_cols) == 1:
-        k = key_cols[0]
-        keys = frame[k].astype(str).tolist()
-        for i in range(0, len(keys), 5_000):
-            conn.execute(sa.delete(table).where(table.c[k].in_(keys[i:i + 5_000])))
-    else:
-        conn.execute(sa.delete(table).where(*[table.c[k] == sa.bindparam(f"b_{k}") for k in key_cols]),
-                     [{f"b_{k}": r[k] for k in key_cols} for r in records])
+    keys = frame[key].astype(str).tolist()
+    for i in range(0, len(keys), 5_000):
+        conn.execute(sa.delete(table).where(table.c[key].in_(keys[i:i + 5_000])))
     for i in range(0, len(records), 20_000):
         conn.execute(table.insert(), records[i:i + 20_000])
 
@@ -136,7 +132,7 @@ def approve_batch(business_date: dt.date, warehouse: Warehouse | None = None) ->
     out["term_days"] = extra.term_days.astype("int64").to_numpy()
     review = out[out.decision == "review"]
     with w.engine.begin() as conn:
-        _upsert(conn, t["loan_decisions"], out, ["application_id"])
+        _upsert(conn, t["loan_decisions"], out, "application_id")
         q = t["review_queue"]
         queued = set(conn.execute(sa.select(q.c.application_id).where(
             q.c.application_id.in_(review.application_id.tolist()))).scalars()) if len(review) else set()
@@ -162,7 +158,7 @@ def _dealer_context(w: Warehouse, dealers: pd.DataFrame, batch: str) -> pd.DataF
         controls = pd.read_sql(sa.select(t["credit_controls"]).where(
             t["credit_controls"].c.borrower_type == "dealer"), conn)
         repaid_ids = set()
-        pub = w.published(_contract("dealer", "loan_repayments"))
+        pub = w.published(contract_table("dealer", "loan_repayments"))
         for i in range(0, len(live), 5_000):
             chunk = live.application_id.iloc[i:i + 5_000].tolist()
             repaid_ids.update(conn.execute(sa.select(pub.c.application_id).where(
@@ -194,12 +190,6 @@ def _financed_vins(w: Warehouse, batch: str) -> set[str]:
     with w.engine.connect() as conn:
         return set(conn.execute(sa.select(d.c.vin).where(
             d.c.decision_batch != batch, d.c.decision.in_(["approved", "reduced", "review"]))).scalars())
-
-
-def _contract(source: str, name: str):
-    from sources.contract import table
-
-    return table(source, name)
 
 
 def review(application_id: str, *, action: str, by: str, amount_fen: int | None = None,
@@ -279,12 +269,12 @@ def allocate_batch(interval_end: dt.datetime, warehouse: Warehouse | None = None
         conn.execute(sa.delete(t["supplier_credit_lines"]).where(t["supplier_credit_lines"].c.batch_id == batch))
         conn.execute(sa.delete(t["supplier_credits"]).where(t["supplier_credits"].c.batch_id == batch))
         conn.execute(sa.delete(t["line_off_exceptions"]).where(t["line_off_exceptions"].c.batch_id == batch))
-        _upsert(conn, t["supplier_credits"], credits, ["credit_id"])
+        _upsert(conn, t["supplier_credits"], credits, "credit_id")
         if len(lines):
             recs = lines.astype(object).where(lines.notna(), None).to_dict("records")
             for i in range(0, len(recs), 20_000):
                 conn.execute(t["supplier_credit_lines"].insert(), recs[i:i + 20_000])
-        _upsert(conn, t["line_off_exceptions"], result.exceptions, ["event_id"])
+        _upsert(conn, t["line_off_exceptions"], result.exceptions, "event_id")
     capped = credits[credits.capped_fen > 0]
     return {"batch": batch, "events": int(len(line_offs)), "credits": int(len(credits)),
             "amount_fen": int(credits.amount_fen.sum()), "exceptions": int(len(result.exceptions)),
@@ -298,8 +288,7 @@ def _supplier_pd(frames, model, supplier_ids: list[str], as_of: dt.date) -> pd.S
     feats = supplier_features(frames, supplier_ids, [as_of])
     X = feats[feature_names("supplier_pd")].astype("float64").reset_index(drop=True)
     scores = model.predict(X)  # one batch call
-    pd_ = pd.Series(np.clip(scores["pd"].to_numpy(), 1e-6, 1.0), index=pd.Index(supplier_ids, name="supplier_id"))
-    return pd_
+    return pd.Series(np.clip(scores["pd"].to_numpy(), 1e-6, 1.0), index=pd.Index(supplier_ids, name="supplier_id"))
 
 
 def _supplier_caps(w: Warehouse, frames, batch: str, as_of: dt.date, limits: pd.Series) -> pd.DataFrame:
