@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 
+from chainlend.disbursement_ops import upsert_limits
 from chainlend.systems import Warehouse
 from sources.contract import table as contract_table
 
@@ -93,6 +94,8 @@ def approve_batch(business_date: dt.date, warehouse: Warehouse | None = None) ->
         decided = pd.read_sql(sa.select(t["loan_decisions"].c.application_id, t["loan_decisions"].c.decision_batch),
                               conn)
     mine = set(decided.loc[decided.decision_batch == batch, "application_id"])
+    # a decision already paid out is final: a re-run does not decide it again
+    mine -= _instructed(w, [f"loan:{a}" for a in mine], "loan:")
     done_elsewhere = set(decided.application_id) - mine
     cutoff = pd.Timestamp(business_date + dt.timedelta(days=1))
     start = pd.Timestamp(business_date - dt.timedelta(days=APPROVAL_LOOKBACK_DAYS))
@@ -115,6 +118,10 @@ def approve_batch(business_date: dt.date, warehouse: Warehouse | None = None) ->
     scores = model.predict(X.reset_index(drop=True))  # one batch call
     scores.insert(0, "application_id", pending.application_id.to_numpy())
     dealers = _dealer_context(w, frames["dealer.dealers"], batch)
+    upsert_limits(w, pd.DataFrame({  # the limits disbursement checks again at posting time
+        "borrower_type": "dealer", "borrower_id": dealers.dealer_id.astype(str),
+        "limit_fen": dealers.city_tier.map(APPROVAL_POLICY_V1.dealer_limit_fen_by_city_tier).astype("int64"),
+        "source": APPROVAL_POLICY_V1.version, "updated_at": _now()}))
     financed = _financed_vins(w, batch)
     app_in = pd.DataFrame({
         "application_id": pending.application_id, "dealer_id": pending.dealer_id, "vin": pending.vin,
@@ -127,6 +134,7 @@ def approve_batch(business_date: dt.date, warehouse: Warehouse | None = None) ->
     })
     out = decide(app_in, scores, dealers, APPROVAL_POLICY_V1, model_version=str(version))
     out.insert(1, "decision_batch", batch)
+    out["decided_at"] = _now()
     extra = pending.set_index("application_id").loc[out.application_id]
     out["requested_fen"] = extra.requested_fen.astype("int64").to_numpy()
     out["term_days"] = extra.term_days.astype("int64").to_numpy()
@@ -144,6 +152,17 @@ def approve_batch(business_date: dt.date, warehouse: Warehouse | None = None) ->
     counts = out.decision.value_counts().to_dict()
     return {"batch": batch, "decided": int(len(out)), "waiting_for_vehicle": waiting, "model_version": str(version),
             **{k: int(v) for k, v in counts.items()}}
+
+
+def _instructed(w: Warehouse, item_keys: list[str], prefix: str) -> set[str]:
+    """The business keys (without ``prefix``) of items that already have a payment instruction."""
+    items = w.lending["instruction_items"]
+    found: set[str] = set()
+    with w.engine.connect() as conn:
+        for i in range(0, len(item_keys), 5_000):
+            found.update(k.removeprefix(prefix) for k in conn.execute(sa.select(items.c.item_key).where(
+                items.c.item_key.in_(item_keys[i:i + 5_000]))).scalars())
+    return found
 
 
 def _dealer_context(w: Warehouse, dealers: pd.DataFrame, batch: str) -> pd.DataFrame:
@@ -252,11 +271,20 @@ def allocate_batch(interval_end: dt.datetime, warehouse: Warehouse | None = None
     line_offs = events[events.event_id.isin(mine)]
     if line_offs.empty:
         return {"batch": batch, "events": 0}
+    pi = t["payment_instructions"]
+    with w.engine.connect() as conn:
+        paid = conn.execute(sa.select(sa.func.count()).select_from(pi).where(pi.c.source_batch == batch)).scalar_one()
+    if paid:  # credits already paid out are final: a re-run does not allocate them again
+        return {"batch": batch, "events": int(len(line_offs)), "already_disbursed": int(paid)}
     as_of = interval_end.date()
     version, model = champion("supplier_pd")
     sup = frames["erp.suppliers"]
     pds = _supplier_pd(frames, model, sup.supplier_id.tolist(), as_of)
     limits = supplier_limits(pds, CASCADE_POLICY_V1)
+    upsert_limits(w, pd.DataFrame({"borrower_type": "supplier", "borrower_id": limits.index.astype(str),
+                                   "limit_fen": limits.to_numpy(dtype="int64"),
+                                   "source": f"{CASCADE_POLICY_V1.version}/supplier_pd v{version}",
+                                   "updated_at": _now()}))
     suppliers = _supplier_caps(w, frames, batch, as_of, limits)
     result = allocate(line_offs[["event_id", "vin", "line_off_at", "iot_verified", "verification_note"]],
                       frames["erp.production"][["vin", "model_id"]], frames["erp.bom"], frames["erp.sub_bom"],
@@ -264,6 +292,7 @@ def allocate_batch(interval_end: dt.datetime, warehouse: Warehouse | None = None
     credits = result.credits.copy()
     lo = line_offs.set_index("event_id")["line_off_at"]
     credits["line_off_on"] = pd.to_datetime(credits.event_id.map(lo)).dt.date
+    credits["allocated_at"] = _now()
     lines = result.lines.assign(batch_id=batch)
     with w.engine.begin() as conn:
         conn.execute(sa.delete(t["supplier_credit_lines"]).where(t["supplier_credit_lines"].c.batch_id == batch))

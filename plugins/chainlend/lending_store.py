@@ -6,6 +6,14 @@ by ``credit_id`` (VIN + supplier), ``supplier_credit_lines`` by (credit, BOM lin
 line), ``line_off_exceptions`` by event id, ``credit_batch_events`` by event id (which
 micro-batch took the event). ``credit_controls`` holds the early-warning actions per borrower
 (frozen, limit cut) that approval and disbursement obey.
+
+Disbursement (see :mod:`lending.disbursement`): ``payment_instructions`` (unique idempotency
+key), ``instruction_items`` (a loan or credit belongs to at most one instruction),
+``ledger_postings`` (immutable: database triggers refuse UPDATE and DELETE; unique per entry and
+account), ``ledger_accounts`` (running balance of each borrower's receivable, the row the
+posting-time limit check locks), ``borrower_limits``, ``payment_holds`` (payable items not
+posted and why), ``payment_outbox`` (what the payment rail reads) and ``disbursement_leases``
+(the fencing token of each writer).
 """
 
 from __future__ import annotations
@@ -37,6 +45,7 @@ def define(metadata: sa.MetaData) -> dict[str, sa.Table]:
         sa.Column("model_version", sa.String(16), nullable=False),
         sa.Column("policy_version", sa.String(64), nullable=False),
         sa.Column("feature_hash", sa.String(64), nullable=False),
+        sa.Column("decided_at", sa.DateTime, nullable=False),
         sa.Index("ix_loan_decisions_batch", "decision_batch"),
         sa.Index("ix_loan_decisions_dealer", "dealer_id"),
         sa.Index("ix_loan_decisions_vin", "vin"),
@@ -84,6 +93,7 @@ def define(metadata: sa.MetaData) -> dict[str, sa.Table]:
         sa.Column("capped_by", sa.String(16), nullable=True),
         sa.Column("policy_version", sa.String(64), nullable=False),
         sa.Column("line_off_on", sa.Date, nullable=False),
+        sa.Column("allocated_at", sa.DateTime, nullable=False),
         sa.Index("ix_supplier_credits_batch", "batch_id"),
         sa.Index("ix_supplier_credits_supplier", "supplier_id"),
     )
@@ -104,4 +114,118 @@ def define(metadata: sa.MetaData) -> dict[str, sa.Table]:
         sa.Column("vin", ID, nullable=True),
         sa.Column("reason", sa.Text, nullable=False),
     )
+    _disbursement(metadata, t)
     return t
+
+
+_IMMUTABLE = {
+    "sqlite": ("CREATE TRIGGER IF NOT EXISTS {t}_no_{op} BEFORE {OP} ON {t} "
+               "BEGIN SELECT RAISE(ABORT, '{t} are immutable: correct with a reversing entry'); END"),
+    "postgresql": ("CREATE OR REPLACE FUNCTION chainlend_immutable() RETURNS trigger LANGUAGE plpgsql AS "
+                   "$$ BEGIN RAISE EXCEPTION USING MESSAGE = TG_TABLE_NAME || ' are immutable: correct with a reversing entry'; "
+                   "END $$; "
+                   "CREATE TRIGGER {t}_no_{op} BEFORE {OP} ON {t} FOR EACH ROW EXECUTE FUNCTION chainlend_immutable()"),
+    "mysql": ("CREATE TRIGGER {t}_no_{op} BEFORE {OP} ON {t} FOR EACH ROW "
+              "SIGNAL SQLSTATE '45000' SET MESSAGE_TEXT = '{t} are immutable: correct with a reversing entry'"),
+}
+
+
+def _immutable(table: sa.Table) -> None:
+    for dialect, ddl in _IMMUTABLE.items():
+        for op in ("update", "delete"):
+            sa.event.listen(table, "after_create", sa.DDL(
+                ddl.format(t=table.name, op=op, OP=op.upper())).execute_if(dialect=dialect))
+
+
+def _disbursement(metadata: sa.MetaData, t: dict[str, sa.Table]) -> None:
+    t["payment_instructions"] = sa.Table(
+        "payment_instructions", metadata,
+        sa.Column("instruction_id", ID, primary_key=True),
+        sa.Column("idempotency_key", sa.String(160), nullable=False, unique=True),
+        sa.Column("kind", sa.String(32), nullable=False),  # dealer_loan | supplier_credit
+        sa.Column("borrower_type", sa.String(16), nullable=False),
+        sa.Column("borrower_id", ID, nullable=False),
+        sa.Column("amount_fen", MONEY, nullable=False),
+        sa.Column("source_batch", ID, nullable=False),  # decision batch or credit micro-batch
+        sa.Column("run_id", sa.String(255), nullable=False),
+        sa.Column("fence", sa.BigInteger, nullable=False),
+        sa.Column("created_at", sa.DateTime, nullable=False),
+        sa.CheckConstraint("amount_fen > 0", name="ck_instruction_amount_positive"),
+        sa.Index("ix_payment_instructions_borrower", "borrower_type", "borrower_id"),
+    )
+    t["instruction_items"] = sa.Table(
+        "instruction_items", metadata,
+        sa.Column("item_key", sa.String(160), primary_key=True),  # loan:<application> | credit:<credit>
+        sa.Column("instruction_id", ID, nullable=False),
+        sa.Column("amount_fen", MONEY, nullable=False),
+        sa.Index("ix_instruction_items_instruction", "instruction_id"),
+    )
+    postings = sa.Table(
+        "ledger_postings", metadata,
+        sa.Column("posting_id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True,
+                  autoincrement=True),
+        sa.Column("entry_id", sa.String(200), nullable=False),  # disb:<key> | repay:<id> | rev:<entry>
+        sa.Column("instruction_id", ID, nullable=True),
+        sa.Column("account", sa.String(128), nullable=False),
+        sa.Column("borrower_type", sa.String(16), nullable=False),
+        sa.Column("borrower_id", ID, nullable=False),
+        sa.Column("debit_fen", MONEY, nullable=False),
+        sa.Column("credit_fen", MONEY, nullable=False),
+        sa.Column("posted_at", sa.DateTime, nullable=False),
+        sa.UniqueConstraint("entry_id", "account", name="uq_ledger_postings_entry_account"),
+        sa.CheckConstraint("debit_fen >= 0 AND credit_fen >= 0 AND (debit_fen = 0) <> (credit_fen = 0)",
+                           name="ck_posting_one_side"),
+        sa.Index("ix_ledger_postings_instruction", "instruction_id"),
+        sa.Index("ix_ledger_postings_account", "account"),
+    )
+    _immutable(postings)
+    t["ledger_postings"] = postings
+    t["ledger_accounts"] = sa.Table(
+        "ledger_accounts", metadata,
+        sa.Column("account", sa.String(128), primary_key=True),
+        sa.Column("borrower_type", sa.String(16), nullable=False),
+        sa.Column("borrower_id", ID, nullable=False),
+        sa.Column("balance_fen", MONEY, nullable=False),  # debits − credits of its postings
+        sa.Column("updated_at", sa.DateTime, nullable=False),
+    )
+    t["borrower_limits"] = sa.Table(
+        "borrower_limits", metadata,
+        sa.Column("borrower_type", sa.String(16), primary_key=True),
+        sa.Column("borrower_id", ID, primary_key=True),
+        sa.Column("limit_fen", MONEY, nullable=False),  # before an early-warning limit cut
+        sa.Column("source", sa.String(64), nullable=False),  # policy or model version it came from
+        sa.Column("updated_at", sa.DateTime, nullable=False),
+    )
+    t["payment_holds"] = sa.Table(
+        "payment_holds", metadata,
+        sa.Column("item_key", sa.String(160), primary_key=True),
+        sa.Column("borrower_type", sa.String(16), nullable=False),
+        sa.Column("borrower_id", ID, nullable=False),
+        sa.Column("amount_fen", MONEY, nullable=False),
+        sa.Column("reason", sa.String(32), nullable=False),  # frozen | over_limit
+        sa.Column("run_id", sa.String(255), nullable=False),
+        sa.Column("checked_at", sa.DateTime, nullable=False),
+    )
+    t["payment_outbox"] = sa.Table(
+        "payment_outbox", metadata,
+        sa.Column("instruction_id", ID, primary_key=True),
+        sa.Column("idempotency_key", sa.String(160), nullable=False, unique=True),
+        sa.Column("payee_type", sa.String(16), nullable=False),
+        sa.Column("payee_id", ID, nullable=False),
+        sa.Column("amount_fen", MONEY, nullable=False),
+        sa.Column("status", sa.String(16), nullable=False),  # pending | accepted | rejected
+        sa.Column("rail_reference", sa.String(64), nullable=True),
+        sa.Column("attempts", sa.Integer, nullable=False),
+        sa.Column("last_error", sa.Text, nullable=True),
+        sa.Column("created_at", sa.DateTime, nullable=False),
+        sa.Column("sent_at", sa.DateTime, nullable=True),
+        sa.Index("ix_payment_outbox_status", "status"),
+    )
+    t["disbursement_leases"] = sa.Table(
+        "disbursement_leases", metadata,
+        sa.Column("scope", sa.String(255), primary_key=True),
+        sa.Column("fence", sa.BigInteger, nullable=False),
+        sa.Column("holder", sa.String(255), nullable=False),
+        sa.Column("acquired_at", sa.DateTime, nullable=False),
+        sa.Column("heartbeat_at", sa.DateTime, nullable=False),
+    )

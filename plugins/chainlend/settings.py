@@ -14,7 +14,7 @@ The embedded profile keeps all state under one git-ignored folder, ``var/`` at t
 Every location can be overridden: an environment variable that is already set always wins
 over these defaults (``AIRFLOW_HOME``, ``AIRFLOW__…`` settings, ``AIRFLOW_CONN_ERP_DEFAULT``,
 ``AIRFLOW_CONN_DEALER_DEFAULT``, ``AIRFLOW_CONN_WAREHOUSE_DEFAULT``, ``AIRFLOW_CONN_SMTP_DEFAULT``,
-``CHAINLEND_SIM_URL``), and connections can equally come from a secrets backend or the
+``AIRFLOW_CONN_PAYMENT_RAIL_DEFAULT``, ``CHAINLEND_SIM_URL``), and connections can equally come from a secrets backend or the
 Airflow metadata database, so the same DAGs run against PostgreSQL/MariaDB in production.
 """
 
@@ -30,6 +30,8 @@ ERP_CONN_ID = "erp_default"
 DEALER_CONN_ID = "dealer_default"
 WAREHOUSE_CONN_ID = "warehouse_default"
 SMTP_CONN_ID = "smtp_default"
+PAYMENT_RAIL_CONN_ID = "payment_rail_default"
+PAYMENT_RAIL_PORT = 8765
 
 
 def var_dir(environ: dict[str, str] | None = None) -> Path:
@@ -65,6 +67,8 @@ def embedded_defaults(var: Path) -> dict[str, str]:
             "conn_type": "smtp", "host": "127.0.0.1", "port": 8025,
             "extra": {"disable_ssl": True, "disable_tls": True, "from_email": "chainlend@localhost"},
         }),
+        "AIRFLOW_CONN_PAYMENT_RAIL_DEFAULT": json.dumps({
+            "conn_type": "http", "host": "127.0.0.1", "port": PAYMENT_RAIL_PORT, "extra": {"timeout_s": 10}}),
         "CHAINLEND_SIM_URL": f"sqlite:///{var / 'sources' / 'sim.db'}",
     }
 

@@ -1,0 +1,419 @@
+"""Disbursement at the edge: payable decisions → instructions, ledger postings and outbox rows
+in the warehouse; the outbox → the payment rail; reconciliation.
+
+Exactly once, whatever Airflow does (retries, re-runs, back-fills, two runs at once, a zombie
+attempt whose heartbeat was lost):
+
+- **Idempotency keys in the database.** ``payment_instructions.idempotency_key`` and
+  ``instruction_items.item_key`` are unique and ``ledger_postings`` is unique per (entry,
+  account), so a second insert of the same payment fails instead of paying twice.
+- **One transaction per chunk** holds the instructions, their items, both legs of each entry,
+  the account balances, the outbox rows and the holds: a process killed (even with SIGKILL)
+  between chunks leaves whole chunks; the retry plans again and posts only what is missing.
+- **Posting-time limits under a lock.** A chunk locks the receivable account row of each of its
+  borrowers (``SELECT … FOR UPDATE`` in account order on PostgreSQL and MariaDB; SQLite
+  serialises writers, and the chunk's first statement is a write), re-reads what is already
+  instructed, then checks ``limit × early-warning cut − drawn balance``. A concurrent run for
+  the same borrower waits for the lock and then sees the first run's instructions.
+- **Fencing.** Each task attempt takes a lease on its scope (DAG, run, task) that increments a
+  fencing token; every chunk transaction first updates the lease row *where the token is still
+  its own*. An older attempt that lost its lease (a zombie twin) finds no row, raises
+  :class:`LeaseLost` and rolls back: it cannot commit.
+- **The outbox** is sent by a separate task with the instruction's idempotency key, which the
+  rail deduplicates: a timeout after the rail accepted is retried and the rail returns the stored
+  result; the outbox row then records the rail's payment id. No second payment.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import os
+import signal
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import sqlalchemy as sa
+
+from chainlend.settings import PAYMENT_RAIL_CONN_ID
+from chainlend.systems import Warehouse
+
+log = logging.getLogger(__name__)
+
+CHUNK_INSTRUCTIONS = 5_000
+OUTBOX_BATCH = 500
+# test hook: ``disburse.after_chunk:<k>`` SIGKILLs this process right after the k-th chunk commits
+FAILPOINT_ENV = "CHAINLEND_FAILPOINT"
+
+
+class DisbursementError(RuntimeError):
+    """Disbursement cannot go on; the message names the cause."""
+
+
+class LeaseLost(DisbursementError):
+    """Another attempt of this task took the lease: this (zombie) attempt must not commit."""
+
+
+class RailError(DisbursementError):
+    """The payment rail refused a payment or could not be reached."""
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC).replace(tzinfo=None, microsecond=0)
+
+
+def _insert_ignore(conn, table: sa.Table, rows: list[dict]) -> None:
+    """Insert rows whose key is new; existing keys are left as they are."""
+    if not rows:
+        return
+    name = conn.dialect.name
+    if name in ("sqlite", "postgresql"):
+        mod = __import__(f"sqlalchemy.dialects.{name}", fromlist=["insert"])
+        conn.execute(mod.insert(table).on_conflict_do_nothing(), rows)
+    else:
+        conn.execute(table.insert().prefix_with("IGNORE"), rows)
+
+
+# --------------------------------------------------------------------------------------------
+# fencing
+
+
+def acquire_lease(w: Warehouse, scope: str, holder: str) -> int:
+    """Take the lease on ``scope`` for ``holder`` and return its new fencing token."""
+    leases = w.lending["disbursement_leases"]
+    now = _now()
+    with w.engine.begin() as conn:
+        _insert_ignore(conn, leases, [{"scope": scope, "fence": 0, "holder": holder, "acquired_at": now,
+                                       "heartbeat_at": now}])
+        conn.execute(sa.update(leases).where(leases.c.scope == scope).values(
+            fence=leases.c.fence + 1, holder=holder, acquired_at=now, heartbeat_at=now))
+        return int(conn.execute(sa.select(leases.c.fence).where(leases.c.scope == scope)).scalar_one())
+
+
+def _check_fence(conn, w: Warehouse, scope: str, fence: int) -> None:
+    leases = w.lending["disbursement_leases"]
+    res = conn.execute(sa.update(leases).where(leases.c.scope == scope, leases.c.fence == fence).values(
+        heartbeat_at=_now()))
+    if res.rowcount != 1:
+        current = conn.execute(sa.select(leases.c.fence, leases.c.holder).where(leases.c.scope == scope)).first()
+        raise LeaseLost(f"lease on {scope!r} lost: this attempt holds fence {fence}, the lease is now at "
+                        f"{current.fence if current else 'nothing'} ({current.holder if current else '-'}); "
+                        "this attempt stops without committing")
+
+
+# --------------------------------------------------------------------------------------------
+# what is payable
+
+
+def payable(w: Warehouse, interval_end: dt.datetime, cutoff: dt.datetime) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``(loans, credits)`` to pay: decisions of batches up to ``interval_end`` made before ``cutoff``.
+
+    Loans: ``approved`` and ``reduced`` decisions at their amount, and ``review`` decisions a
+    credit officer approved (at the officer's amount). Credits: supplier credits with an amount."""
+    t = w.lending
+    d, rq, c = t["loan_decisions"], t["review_queue"], t["supplier_credits"]
+    last_batch = f"approve.{interval_end:%Y%m%d}"
+    last_sc = f"sc.{interval_end:%Y%m%dT%H%M}"
+    with w.engine.connect() as conn:
+        auto = pd.read_sql(sa.select(d.c.application_id, d.c.dealer_id, d.c.amount_fen,
+                                     d.c.decision_batch.label("source_batch")).where(
+            d.c.decision.in_(["approved", "reduced"]), d.c.decision_batch <= last_batch, d.c.decided_at < cutoff), conn)
+        reviewed = pd.read_sql(sa.select(d.c.application_id, d.c.dealer_id, rq.c.amount_fen,
+                                         d.c.decision_batch.label("source_batch")).join(
+            rq, rq.c.application_id == d.c.application_id).where(
+            d.c.decision == "review", rq.c.status == "approved", d.c.decision_batch <= last_batch,
+            rq.c.decided_at < cutoff), conn)
+        credits = pd.read_sql(sa.select(c.c.credit_id, c.c.batch_id, c.c.supplier_id, c.c.amount_fen).where(
+            c.c.amount_fen > 0, c.c.batch_id <= last_sc, c.c.allocated_at < cutoff), conn)
+    loans = pd.concat([auto, reviewed], ignore_index=True)
+    return loans[loans.amount_fen > 0].reset_index(drop=True), credits
+
+
+def upsert_limits(w: Warehouse, frame: pd.DataFrame) -> None:
+    """Replace the limits of the borrowers in ``frame`` (one transaction)."""
+    bl = w.lending["borrower_limits"]
+    with w.engine.begin() as conn:
+        for bt, group in frame.groupby("borrower_type"):
+            ids = group.borrower_id.tolist()
+            for i in range(0, len(ids), 5_000):
+                conn.execute(sa.delete(bl).where(bl.c.borrower_type == bt, bl.c.borrower_id.in_(ids[i:i + 5_000])))
+        conn.execute(bl.insert(), frame.to_dict("records"))
+
+
+# --------------------------------------------------------------------------------------------
+# posting
+
+
+def _chunks(instructions: pd.DataFrame, size: int) -> list[pd.DataFrame]:
+    """Consecutive whole borrowers, about ``size`` instructions each (limits are per borrower)."""
+    if instructions.empty:
+        return []
+    borrower = instructions.borrower_type + "\x00" + instructions.borrower_id
+    starts = np.flatnonzero(np.r_[True, borrower.to_numpy()[1:] != borrower.to_numpy()[:-1]])
+    out, begin = [], 0
+    for s in list(starts[1:]) + [len(instructions)]:
+        if s - begin >= size or s == len(instructions):
+            out.append(instructions.iloc[begin:s])
+            begin = s
+    return out
+
+
+def _existing(conn, table: sa.Table, column: str, keys: list[str]) -> set[str]:
+    found: set[str] = set()
+    for i in range(0, len(keys), 5_000):
+        found.update(conn.execute(sa.select(table.c[column]).where(table.c[column].in_(keys[i:i + 5_000]))).scalars())
+    return found
+
+
+@dataclass
+class _Totals:
+    chunks: int = 0
+    instructions: int = 0
+    items: int = 0
+    postings: int = 0
+    amount_fen: int = 0
+    already: int = 0
+
+
+def post_instructions(interval_end: dt.datetime, *, scope: str, holder: str, run_id: str,
+                      warehouse: Warehouse | None = None, chunk_size: int = CHUNK_INSTRUCTIONS) -> dict:
+    """Post everything payable up to ``interval_end`` that has no instruction yet.
+
+    Returns counts and the ``cutoff`` (the decisions this run could see) for reconciliation."""
+    from lending.disbursement import plan_instructions
+
+    w = warehouse or Warehouse.from_conn()
+    w.metadata.create_all(w.engine, checkfirst=True)
+    fence = acquire_lease(w, scope, holder)
+    cutoff = _now() + dt.timedelta(seconds=1)
+    loans, credits = payable(w, interval_end, cutoff)
+    instructions, items = plan_instructions(loans, credits)
+    with w.engine.connect() as conn:
+        done = _existing(conn, w.lending["payment_instructions"], "instruction_id", instructions.instruction_id.tolist())
+    todo = instructions[~instructions.instruction_id.isin(done)].reset_index(drop=True)
+    totals, held = _Totals(already=len(done)), {"frozen": 0, "over_limit": 0}
+    failpoint = os.environ.get(FAILPOINT_ENV, "")
+    for chunk in _chunks(todo, chunk_size):
+        chunk_items = items[items.instruction_id.isin(chunk.instruction_id)]
+        h = _post_chunk(w, chunk, chunk_items, scope=scope, fence=fence, run_id=run_id, totals=totals)
+        for k, v in h.items():
+            held[k] += v
+        totals.chunks += 1
+        if failpoint == f"disburse.after_chunk:{totals.chunks}":
+            log.error("failpoint %s: SIGKILL", failpoint)
+            os.kill(os.getpid(), signal.SIGKILL)
+    _drop_stale_holds(w, set(items.item_key), run_id)
+    return {"fence": fence, "cutoff": cutoff.isoformat(), "planned": int(len(instructions)),
+            "already_instructed": totals.already, "instructions": totals.instructions, "items": totals.items,
+            "postings": totals.postings, "amount_fen": totals.amount_fen,
+            "held_frozen": held["frozen"], "held_over_limit": held["over_limit"]}
+
+
+def _post_chunk(w: Warehouse, chunk: pd.DataFrame, chunk_items: pd.DataFrame, *, scope: str, fence: int,
+                run_id: str, totals: _Totals) -> dict[str, int]:
+    from lending.disbursement import apply_limits, check_balanced, disbursement_legs, receivable_account
+
+    t = w.lending
+    acc, ctl, bl = t["ledger_accounts"], t["credit_controls"], t["borrower_limits"]
+    now = _now()
+    borrowers = chunk[["borrower_type", "borrower_id"]].drop_duplicates()
+    accounts = sorted(receivable_account(bt, b) for bt, b in borrowers.itertuples(index=False))
+    acct_of = {receivable_account(bt, b): (bt, b) for bt, b in borrowers.itertuples(index=False)}
+    with w.engine.begin() as conn:
+        _check_fence(conn, w, scope, fence)  # first statement a write: SQLite takes its write lock here
+        _insert_ignore(conn, acc, [{"account": a, "borrower_type": acct_of[a][0], "borrower_id": acct_of[a][1],
+                                    "balance_fen": 0, "updated_at": now} for a in accounts])
+        balance = {}
+        for i in range(0, len(accounts), 5_000):
+            q = sa.select(acc.c.account, acc.c.balance_fen).where(acc.c.account.in_(accounts[i:i + 5_000]))
+            balance.update(conn.execute(q.order_by(acc.c.account).with_for_update()).tuples().all())
+        # a concurrent run may have posted some of these while we waited for the locks
+        already = _existing(conn, t["payment_instructions"], "instruction_id", chunk.instruction_id.tolist())
+        if already:
+            totals.already += len(already)
+            chunk = chunk[~chunk.instruction_id.isin(already)]
+            chunk_items = chunk_items[chunk_items.instruction_id.isin(chunk.instruction_id)]
+        ids = borrowers.borrower_id.tolist()
+        limits = pd.DataFrame(conn.execute(sa.select(bl.c.borrower_type, bl.c.borrower_id, bl.c.limit_fen).where(
+            bl.c.borrower_id.in_(ids))).all(), columns=["borrower_type", "borrower_id", "limit_fen"])
+        controls = pd.DataFrame(conn.execute(sa.select(ctl.c.borrower_type, ctl.c.borrower_id, ctl.c.frozen,
+                                                       ctl.c.limit_cut).where(ctl.c.borrower_id.in_(ids))).all(),
+                                columns=["borrower_type", "borrower_id", "frozen", "limit_cut"])
+        key = ["borrower_type", "borrower_id"]
+        b = borrowers.merge(limits, on=key, how="left").merge(controls, on=key, how="left")
+        b["limit_fen"] = b.limit_fen.fillna(0).astype("int64")
+        b["limit_cut"] = b.limit_cut.fillna(1.0).astype(float)
+        b["frozen"] = b.frozen.fillna(False).astype(bool)
+        b["drawn"] = [balance[receivable_account(r.borrower_type, r.borrower_id)] for r in b.itertuples()]
+        b["headroom"] = np.floor(b.limit_fen * b.limit_cut).astype("int64") - b.drawn.astype("int64")
+        bidx = pd.MultiIndex.from_frame(b[key])
+        hold = apply_limits(chunk, pd.Series(b.headroom.to_numpy(), index=bidx),
+                            pd.Series(b.frozen.to_numpy(), index=bidx))
+        post, held = chunk[hold.isna()], chunk[hold.notna()]
+        post_items = chunk_items[chunk_items.instruction_id.isin(post.instruction_id)]
+        legs = disbursement_legs(post)
+        check_balanced(legs)
+        legs["instruction_id"] = np.concatenate([post.instruction_id.to_numpy()] * 2)
+        legs["posted_at"] = now
+        if len(post):
+            conn.execute(t["payment_instructions"].insert(), post.assign(run_id=run_id, fence=fence, created_at=now)
+                         .to_dict("records"))
+            conn.execute(t["instruction_items"].insert(), post_items.to_dict("records"))
+            conn.execute(t["ledger_postings"].insert(), legs.to_dict("records"))
+            conn.execute(t["payment_outbox"].insert(), [
+                {"instruction_id": r.instruction_id, "idempotency_key": r.idempotency_key,
+                 "payee_type": r.borrower_type, "payee_id": r.borrower_id, "amount_fen": int(r.amount_fen),
+                 "status": "pending", "attempts": 0, "created_at": now} for r in post.itertuples()])
+            delta = legs[legs.account != "payments_clearing"].groupby("account").debit_fen.sum()
+            conn.execute(sa.update(acc).where(acc.c.account == sa.bindparam("a")).values(
+                balance_fen=acc.c.balance_fen + sa.bindparam("d"), updated_at=now),
+                [{"a": a, "d": int(d)} for a, d in delta.items()])
+        ph = t["payment_holds"]
+        keys = chunk_items.item_key.tolist()
+        for i in range(0, len(keys), 5_000):
+            conn.execute(sa.delete(ph).where(ph.c.item_key.in_(keys[i:i + 5_000])))
+        if len(held):
+            reason = pd.Series(hold[hold.notna()].to_numpy(), index=held.instruction_id.to_numpy())
+            hi = chunk_items[chunk_items.instruction_id.isin(held.instruction_id)].merge(
+                held[["instruction_id", "borrower_type", "borrower_id"]], on="instruction_id")
+            conn.execute(ph.insert(), [
+                {"item_key": r.item_key, "borrower_type": r.borrower_type, "borrower_id": r.borrower_id,
+                 "amount_fen": int(r.amount_fen), "reason": reason[r.instruction_id], "run_id": run_id,
+                 "checked_at": now} for r in hi.itertuples()])
+    totals.instructions += len(post)
+    totals.items += len(post_items)
+    totals.postings += len(legs)
+    totals.amount_fen += int(post.amount_fen.sum())
+    return held.assign(r=hold[hold.notna()].to_numpy()).r.value_counts().to_dict() if len(held) else {}
+
+
+def _drop_stale_holds(w: Warehouse, payable_keys: set[str], run_id: str) -> None:
+    """Holds of items that are no longer payable (declined after a review, say) are removed."""
+    ph = w.lending["payment_holds"]
+    with w.engine.begin() as conn:
+        keys = list(conn.execute(sa.select(ph.c.item_key)).scalars())
+        stale = [k for k in keys if k not in payable_keys]
+        for i in range(0, len(stale), 5_000):
+            conn.execute(sa.delete(ph).where(ph.c.item_key.in_(stale[i:i + 5_000])))
+
+
+# --------------------------------------------------------------------------------------------
+# the outbox and the payment rail
+
+
+@dataclass(frozen=True)
+class PaymentRail:
+    """The payment rail's HTTP API (see :mod:`sources.payment_rail`)."""
+
+    url: str
+    timeout_s: float = 10.0
+
+    @classmethod
+    def from_conn(cls, conn_id: str = PAYMENT_RAIL_CONN_ID) -> PaymentRail:
+        from airflow.sdk import BaseHook
+
+        conn = BaseHook.get_connection(conn_id)
+        extra = conn.extra_dejson
+        url = extra.get("url") or f"{conn.schema or 'http'}://{conn.host}:{conn.port}"
+        return cls(url=url.rstrip("/"), timeout_s=float(extra.get("timeout_s", 10.0)))
+
+    def pay_batch(self, payments: list[dict]) -> list[dict]:
+        """Send payments; the rail answers each with its stored result (idempotent by key)."""
+        req = urllib.request.Request(f"{self.url}/payments/batch", data=json.dumps({"payments": payments}).encode(),
+                                     headers={"Content-Type": "application/json"}, method="POST")
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout_s) as resp:
+                return json.loads(resp.read())["results"]
+        except (TimeoutError, urllib.error.URLError, ConnectionError) as exc:
+            raise RailError(f"payment rail {self.url} did not answer within {self.timeout_s} s ({exc}); "
+                            "the payments may have been accepted: the retry resends the same idempotency "
+                            "keys and the rail returns what it stored") from exc
+
+
+def send_outbox(rail: PaymentRail, warehouse: Warehouse | None = None, *, batch: int = OUTBOX_BATCH) -> dict:
+    """Send every pending outbox row to the rail and record its answer; raises on a timeout or
+    a refusal (after recording the attempt), so Airflow retries the task."""
+    w = warehouse or Warehouse.from_conn()
+    ob = w.lending["payment_outbox"]
+    with w.engine.connect() as conn:
+        pending = pd.read_sql(sa.select(ob).where(ob.c.status == "pending").order_by(ob.c.created_at,
+                                                                                      ob.c.instruction_id), conn)
+    sent = accepted = replayed = 0
+    refused: list[str] = []
+    for i in range(0, len(pending), batch):
+        part = pending.iloc[i:i + batch]
+        payments = [{"idempotency_key": r.idempotency_key, "instruction_id": r.instruction_id,
+                     "payee_type": r.payee_type, "payee_id": r.payee_id, "amount_fen": int(r.amount_fen)}
+                    for r in part.itertuples()]
+        with w.engine.begin() as conn:
+            conn.execute(sa.update(ob).where(ob.c.instruction_id.in_(part.instruction_id.tolist())).values(
+                attempts=ob.c.attempts + 1))
+        try:
+            results = rail.pay_batch(payments)
+        except RailError as exc:
+            with w.engine.begin() as conn:
+                conn.execute(sa.update(ob).where(ob.c.instruction_id.in_(part.instruction_id.tolist())).values(
+                    last_error=str(exc)[:500]))
+            raise
+        now = _now()
+        ok = [r for r in results if r["code"] in (200, 201)]
+        bad = [r for r in results if r["code"] not in (200, 201)]
+        with w.engine.begin() as conn:
+            if ok:
+                conn.execute(sa.update(ob).where(ob.c.idempotency_key == sa.bindparam("k"), ob.c.status == "pending")
+                             .values(status="accepted", rail_reference=sa.bindparam("ref"), sent_at=now,
+                                     last_error=None),
+                             [{"k": r["idempotency_key"], "ref": r["payment_id"]} for r in ok])
+            if bad:
+                conn.execute(sa.update(ob).where(ob.c.idempotency_key == sa.bindparam("k")).values(
+                    status="rejected", last_error=sa.bindparam("err")),
+                    [{"k": p["idempotency_key"], "err": r.get("error", str(r["code"]))[:500]}
+                     for p, r in zip(payments, results) if r["code"] not in (200, 201)])
+        sent += len(part)
+        accepted += sum(r["code"] == 201 for r in ok)
+        replayed += sum(r["code"] == 200 for r in ok)
+        refused += [p["idempotency_key"] for p, r in zip(payments, results) if r["code"] not in (200, 201)]
+    if refused:
+        raise RailError(f"the payment rail refused {len(refused)} payment(s), e.g. {refused[:3]}: see "
+                        "payment_outbox.last_error; they need an operator (reverse or correct)")
+    return {"sent": sent, "accepted": accepted, "replayed": replayed}
+
+
+# --------------------------------------------------------------------------------------------
+# reconciliation
+
+
+def reconcile_ledger(interval_end: dt.datetime, cutoff: dt.datetime, warehouse: Warehouse | None = None):
+    """Prove decisions = instructions = postings = outbox for everything decided before
+    ``cutoff``; raise :class:`lending.disbursement.ReconciliationError` listing the differences."""
+    from lending.disbursement import ReconciliationError, plan_instructions, reconcile
+
+    w = warehouse or Warehouse.from_conn()
+    t = w.lending
+    loans, credits = payable(w, interval_end, cutoff)
+    _, expected = plan_instructions(loans, credits)
+    with w.engine.connect() as conn:
+        held = pd.read_sql(sa.select(t["payment_holds"].c.item_key), conn)
+        items = pd.read_sql(sa.select(t["instruction_items"]), conn)
+        ins = pd.read_sql(sa.select(t["payment_instructions"].c.instruction_id,
+                                    t["payment_instructions"].c.amount_fen), conn)
+        p = t["ledger_postings"]
+        legs = pd.read_sql(sa.select(p.c.entry_id, p.c.instruction_id, p.c.account, p.c.debit_fen, p.c.credit_fen),
+                           conn)
+        outbox = pd.read_sql(sa.select(t["payment_outbox"].c.instruction_id, t["payment_outbox"].c.amount_fen), conn)
+        bal = pd.read_sql(sa.select(t["ledger_accounts"].c.account, t["ledger_accounts"].c.balance_fen), conn)
+    # instructions of payments decided after the cutoff or of later batches (a later run's) are
+    # out of this scope; an instructed item that nothing pays any more stays in it (a difference)
+    far = dt.datetime(9999, 12, 31)
+    _, everything = plan_instructions(*payable(w, far, far))
+    later = set(everything.item_key) - set(expected.item_key)
+    outside = frozenset(items.instruction_id[items.item_key.isin(later)])
+    rec = reconcile(expected[["item_key", "amount_fen"]], held[held.item_key.isin(expected.item_key)],
+                    items, ins, legs, outbox, bal.set_index("account")["balance_fen"], out_of_scope=outside)
+    if not rec.reconciled:
+        raise ReconciliationError("disbursement does not reconcile: " + "; ".join(rec.differences))
+    return rec

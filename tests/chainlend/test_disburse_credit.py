@@ -1,0 +1,242 @@
+"""Disbursement pays exactly once: the ``disburse_credit`` DAG under Airflow, SIGKILL mid-run,
+a zombie attempt, two runs at once on PostgreSQL, a payment rail that times out after accepting,
+freezes and limits at posting time, immutable postings. Real databases and a real HTTP rail."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import disburse_seed as S
+import pytest
+import sqlalchemy as sa
+
+HERE = Path(__file__).resolve().parent
+
+
+@pytest.fixture
+def rail(tmp_path, monkeypatch):
+    """A payment rail on 127.0.0.1 that the DAG's ``payment_rail_default`` connection points at."""
+    from sources.payment_rail import PaymentRailServer
+
+    with PaymentRailServer(tmp_path / "rail.db") as server:
+        monkeypatch.setenv("AIRFLOW_CONN_PAYMENT_RAIL_DEFAULT", json.dumps(
+            {"conn_type": "http", "host": server.host, "port": server.port, "extra": {"timeout_s": 1.0}}))
+        yield server
+
+
+def _post(w, scope="t/run/post", holder="test", **kw):
+    from chainlend.disbursement_ops import post_instructions
+
+    return post_instructions(S.INTERVAL_END, scope=scope, holder=holder, run_id="run", warehouse=w, **kw)
+
+
+def _send_and_reconcile(w, rail_server, posted):
+    from chainlend.disbursement_ops import PaymentRail, reconcile_ledger, send_outbox
+
+    sent = send_outbox(PaymentRail(rail_server.url, timeout_s=5), w)
+    rec = reconcile_ledger(S.INTERVAL_END, dt.datetime.fromisoformat(posted["cutoff"]), w)
+    return sent, rec
+
+
+def _balanced_per_instruction(w) -> dict[str, tuple[int, int, int]]:
+    t = w.lending
+    p, i = t["ledger_postings"], t["payment_instructions"]
+    q = (sa.select(i.c.instruction_id, i.c.amount_fen, sa.func.sum(p.c.debit_fen), sa.func.sum(p.c.credit_fen))
+         .join(p, p.c.instruction_id == i.c.instruction_id).group_by(i.c.instruction_id, i.c.amount_fen))
+    with w.engine.connect() as conn:
+        return {r[0]: (r[1], r[2], r[3]) for r in conn.execute(q)}
+
+
+def test_dag_run_clear_and_rerun_pays_once(tmp_path, airflow_db, use_connections, rail):
+    from chainlend.runtime import load_dag, run_dag, task_states
+
+    url = f"sqlite:///{tmp_path / 'warehouse.db'}"
+    w = S.warehouse(url)
+    expected = S.seed(w)
+    use_connections(warehouse_default=url)
+    dag = load_dag("disburse_credit")
+    conf = {"interval_end": S.INTERVAL_END.isoformat()}
+    states = task_states(run_dag(dag, S.DAY, conf=conf))
+    assert states == {"post_instructions": "success", "send_payments": "success", "reconcile": "success"}
+    first, ledger = S.counts(w), S.ledger(w)
+    assert first["payment_instructions"] == expected["instructions"] == rail.totals()["count"]
+    assert rail.totals()["amount_fen"] == expected["amount_fen"]
+    assert first["ledger_postings"] == 2 * expected["instructions"]
+    states = task_states(run_dag(dag, S.DAY, conf=conf))  # the same interval again
+    assert set(states.values()) == {"success"}, states
+    assert S.counts(w) == first and S.ledger(w) == ledger
+    assert rail.totals()["count"] == expected["instructions"]
+    for amount, debit, credit in _balanced_per_instruction(w).values():
+        assert amount == debit == credit
+
+
+def test_sigkill_after_k_chunks_then_retry_pays_each_exactly_once(tmp_path, rail):
+    url = f"sqlite:///{tmp_path / 'warehouse.db'}"
+    w = S.warehouse(url)
+    expected = S.seed(w, dealers=8, suppliers=4)
+    code = (f"import sys, datetime as dt; sys.path.insert(0, {str(HERE)!r})\n"
+            "from chainlend import settings; settings.apply_embedded_defaults()\n"
+            "import disburse_seed as S\n"
+            "from chainlend.disbursement_ops import post_instructions\n"
+            "post_instructions(S.INTERVAL_END, scope='t/run/post', holder='victim', run_id='run',\n"
+            f"                  warehouse=S.warehouse({url!r}), chunk_size=1)\n")
+    env = {**__import__("os").environ, "CHAINLEND_FAILPOINT": "disburse.after_chunk:3"}
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == -9, proc.stderr[-2000:]  # killed by SIGKILL right after chunk 3 committed
+    killed = S.counts(w)
+    assert 3 <= killed["payment_instructions"] < expected["instructions"]  # 3 chunks = 3 whole borrowers
+    assert killed["ledger_postings"] == 2 * killed["payment_instructions"]
+    posted = _post(w, holder="retry")  # the retry
+    assert posted["already_instructed"] == killed["payment_instructions"]
+    assert S.counts(w)["payment_instructions"] == expected["instructions"]
+    for amount, debit, credit in _balanced_per_instruction(w).values():
+        assert amount == debit == credit
+    sent, rec = _send_and_reconcile(w, rail, posted)
+    assert rec.reconciled and rec.instructions == expected["instructions"]
+    assert rail.totals() == {"count": expected["instructions"], "amount_fen": expected["amount_fen"]}
+
+
+def test_a_zombie_attempt_that_lost_its_lease_cannot_commit(tmp_path):
+    from chainlend.disbursement_ops import LeaseLost, acquire_lease
+
+    w = S.warehouse(f"sqlite:///{tmp_path / 'warehouse.db'}")
+    expected = S.seed(w, dealers=600, loans_per_dealer=1, suppliers=0)
+    outcome, takeover_count = {}, {}
+
+    def zombie():
+        try:
+            outcome["result"] = _post(w, holder="zombie", chunk_size=1)
+        except LeaseLost as exc:
+            outcome["error"] = exc
+
+    th = threading.Thread(target=zombie)
+    th.start()
+    deadline = time.monotonic() + 60
+    while S.counts(w)["payment_instructions"] == 0:  # the zombie is posting, chunk by chunk
+        assert time.monotonic() < deadline and th.is_alive(), outcome
+        time.sleep(0.01)
+    fence = acquire_lease(w, "t/run/post", "retry")  # the retried attempt takes over
+    takeover_count["n"] = S.counts(w)["payment_instructions"]
+    th.join(120)
+    assert "lost" in str(outcome.get("error", "")), outcome
+    assert S.counts(w)["payment_instructions"] == takeover_count["n"] < expected["instructions"]
+    ins = w.lending["payment_instructions"]
+    with w.engine.connect() as conn:
+        assert conn.execute(sa.select(sa.func.max(ins.c.fence))).scalar_one() < fence
+    _post(w, holder="retry")  # a retry takes the lease again and finishes the work
+    assert S.counts(w)["payment_instructions"] == expected["instructions"]
+
+
+def _concurrent_posters(url: str, n: int) -> list[subprocess.Popen]:
+    code = (f"import sys; sys.path.insert(0, {str(HERE)!r})\n"
+            "from chainlend import settings; settings.apply_embedded_defaults()\n"
+            "import disburse_seed as S\n"
+            "from chainlend.disbursement_ops import post_instructions\n"
+            "r = post_instructions(S.INTERVAL_END, scope='t/run-' + sys.argv[1] + '/post', holder=sys.argv[1],\n"
+            f"                      run_id='run-' + sys.argv[1], warehouse=S.warehouse({url!r}), chunk_size=7)\n"
+            "print(r['instructions'], r['held_over_limit'])\n")
+    return [subprocess.Popen([sys.executable, "-c", code, str(k)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             text=True) for k in range(n)]
+
+
+def test_two_runs_at_once_on_postgres_no_double_payment_no_over_limit(postgres_url, tmp_path, rail):
+    w = S.warehouse(postgres_url)
+    # each dealer's limit fits 3 of its 8 loans (10M fen each): the limit binds under concurrency
+    expected = S.seed(w, dealers=30, loans_per_dealer=8, dealer_limit_fen=35_000_000)
+    procs = _concurrent_posters(postgres_url, 2)
+    outs = [p.communicate(timeout=300) for p in procs]
+    for p, (_out, err) in zip(procs, outs):
+        assert p.returncode == 0, err[-3000:]
+    posted = [int(out.split()[0]) for out, _ in outs]
+    t = w.lending
+    with w.engine.connect() as conn:
+        n = conn.execute(sa.select(sa.func.count()).select_from(t["payment_instructions"])).scalar_one()
+        dup = conn.execute(sa.text("SELECT count(*) FROM (SELECT idempotency_key FROM payment_instructions "
+                                   "GROUP BY idempotency_key HAVING count(*) > 1) d")).scalar_one()
+        over = conn.execute(sa.text(
+            "SELECT count(*) FROM ledger_accounts a JOIN borrower_limits l ON l.borrower_type = a.borrower_type "
+            "AND l.borrower_id = a.borrower_id WHERE a.balance_fen > l.limit_fen")).scalar_one()
+        dealer_instr = conn.execute(sa.text("SELECT count(*) FROM payment_instructions WHERE borrower_type = "
+                                            "'dealer'")).scalar_one()
+    assert dup == 0 and over == 0
+    assert sum(posted) == n  # what each run says it posted adds up: nobody posted the same payment
+    assert dealer_instr == 30 * 3  # 3 loans fit each dealer's limit; the other 5 are held
+    sent, rec = _send_and_reconcile(w, rail, _post(w, holder="late"))
+    assert rec.reconciled and rec.held_items == 30 * 5
+    assert rail.totals()["count"] == n and expected["instructions"] == n + 30 * 5
+
+
+def test_rail_times_out_after_accepting_retry_returns_stored_result(tmp_path, rail):
+    from chainlend.disbursement_ops import PaymentRail, RailError, send_outbox
+
+    w = S.warehouse(f"sqlite:///{tmp_path / 'warehouse.db'}")
+    expected = S.seed(w)
+    _post(w)
+    client = PaymentRail(rail.url, timeout_s=1.0)
+    import urllib.request
+
+    urllib.request.urlopen(urllib.request.Request(f"{rail.url}/_faults", data=json.dumps(
+        {"stall_after_accept_s": 3.0, "count": 1}).encode(), method="POST"), timeout=5).read()
+    with pytest.raises(RailError, match="did not answer"):
+        send_outbox(client, w)
+    assert rail.totals()["count"] == expected["instructions"]  # the rail accepted them all before stalling
+    ob = w.lending["payment_outbox"]
+    with w.engine.connect() as conn:
+        assert set(conn.execute(sa.select(ob.c.status)).scalars()) == {"pending"}
+    result = send_outbox(client, w)  # Airflow's retry
+    assert result == {"sent": expected["instructions"], "accepted": 0, "replayed": expected["instructions"]}
+    assert rail.totals() == {"count": expected["instructions"], "amount_fen": expected["amount_fen"]}
+    with w.engine.connect() as conn:
+        rows = conn.execute(sa.select(ob.c.idempotency_key, ob.c.rail_reference, ob.c.status, ob.c.attempts)).all()
+    for key, ref, status, attempts in rows:
+        assert status == "accepted" and attempts == 2 and ref == rail.lookup(key)["payment_id"]
+
+
+def test_frozen_borrower_is_held_at_posting_and_paid_once_unfrozen(tmp_path, rail):
+    w = S.warehouse(f"sqlite:///{tmp_path / 'warehouse.db'}")
+    expected = S.seed(w)
+    S.control(w, "dealer", "D00001", frozen=True)
+    S.control(w, "supplier", "S00002", frozen=True)
+    posted = _post(w)
+    assert posted["held_frozen"] == 4 + 2  # the dealer's 4 loans, the supplier's 2 batch instructions
+    t = w.lending
+    with w.engine.connect() as conn:
+        paid_to = set(conn.execute(sa.select(t["payment_instructions"].c.borrower_id)).scalars())
+        holds = conn.execute(sa.select(t["payment_holds"].c.borrower_id, t["payment_holds"].c.reason)).all()
+    assert "D00001" not in paid_to and "S00002" not in paid_to
+    assert {r for r in holds} == {("D00001", "frozen"), ("S00002", "frozen")}
+    _, rec = _send_and_reconcile(w, rail, posted)
+    assert rec.reconciled and rec.held_items == 4 + 6
+    S.control(w, "dealer", "D00001", frozen=False, limit_cut=1.0, level="green")
+    S.control(w, "supplier", "S00002", frozen=False, limit_cut=1.0, level="green")
+    posted = _post(w, holder="later")
+    assert posted["instructions"] == 6 and S.counts(w)["payment_holds"] == 0
+    _, rec = _send_and_reconcile(w, rail, posted)
+    assert rec.reconciled and rec.instructions == expected["instructions"]
+
+
+def test_limit_cut_holds_what_does_not_fit(tmp_path):
+    w = S.warehouse(f"sqlite:///{tmp_path / 'warehouse.db'}")
+    S.seed(w, dealers=1, loans_per_dealer=4, suppliers=0, dealer_limit_fen=40_000_100)
+    S.control(w, "dealer", "D00000", frozen=False, limit_cut=0.5, level="orange")  # 20M fen of headroom
+    posted = _post(w)
+    assert posted["instructions"] == 2 and posted["held_over_limit"] == 2
+
+
+@pytest.mark.parametrize("dialect", ["sqlite", "postgresql"])
+def test_postings_are_immutable(dialect, tmp_path, request):
+    url = f"sqlite:///{tmp_path / 'w.db'}" if dialect == "sqlite" else request.getfixturevalue("postgres_url")
+    w = S.warehouse(url)
+    S.seed(w, dealers=1, suppliers=1)
+    _post(w)
+    p = w.lending["ledger_postings"]
+    for stmt in (sa.update(p).values(debit_fen=p.c.debit_fen + 1), sa.delete(p)):
+        with pytest.raises(sa.exc.DatabaseError, match="immutable"), w.engine.begin() as conn:
+            conn.execute(stmt)
+    assert len(S.ledger(w)) == 2 * S.counts(w)["payment_instructions"]
