@@ -3,12 +3,16 @@
 LightGBM, XGBoost, CatBoost and a WOE scorecard on an out-of-time split, register the best
 candidate in MLflow with alias ``challenger``, and gate it against ``champion`` (promote, wait for
 a named approval, or refuse with reasons). Training runs in the one-slot ``training`` pool.
+Scheduled weekly and on the ``model_retrain_request`` asset that ``monitor_post_loan`` emits when a
+champion drifts.
 
 Params: ``business_date`` (features and labels use data published through that date) and
 ``families`` (a subset to train)."""
 
-from airflow.sdk import Param, dag, get_current_context, task
+from airflow.sdk import AssetOrTimeSchedule, Param, dag, get_current_context, task
+from airflow.timetables.trigger import CronTriggerTimetable
 
+from chainlend.assets import RETRAIN_REQUEST
 from chainlend.dag_defaults import BUSINESS_DATE_PARAMS, DEFAULT_ARGS, START, TRAINING_POOL, WEEKLY_SAT_0200
 
 FAMILIES = ("dealer_pd", "supplier_pd", "post_loan_behaviour")
@@ -51,7 +55,9 @@ def gate(trained: dict) -> dict:
 
 
 @dag(
-    schedule=WEEKLY_SAT_0200,
+    # weekly, and whenever model monitoring requests a retrain (a champion drifting)
+    schedule=AssetOrTimeSchedule(timetable=CronTriggerTimetable(WEEKLY_SAT_0200, timezone="UTC"),
+                                 assets=[RETRAIN_REQUEST]),
     start_date=START,
     catchup=False,
     max_active_runs=1,

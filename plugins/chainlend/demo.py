@@ -12,6 +12,7 @@ the Airflow metadata under ``var/`` are recreated), so the report is the same fo
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import shutil
 import time
@@ -20,7 +21,8 @@ from pathlib import Path
 from chainlend import settings
 
 DEMO_START = dt.date(2026, 3, 2)  # a Monday
-DAILY_DAGS = ("ingest_erp", "ingest_dealer", "approve_dealer_loans", "allocate_supplier_credit")
+DAILY_DAGS = ("ingest_erp", "ingest_dealer", "approve_dealer_loans", "allocate_supplier_credit", "disburse_credit",
+              "monitor_post_loan")
 HISTORY_DAYS = 150  # business days the sources ran before the demo window (~7 months)
 # The supplier label (60+ DPD within 12 months) cannot mature on 7 months of history: the demo
 # trains supplier_pd on a 90-day horizon, said in the validation pack's data window and README.
@@ -54,6 +56,8 @@ def run_demo(*, days: int, scale: str, seed: int, faults: str, history: int = HI
     from chainlend.quality import validator_for
     from chainlend.report import (
         approval_section,
+        disbursement_section,
+        early_warning_section,
         ingest_section,
         models_section,
         quality_section,
@@ -62,6 +66,7 @@ def run_demo(*, days: int, scale: str, seed: int, faults: str, history: int = HI
     )
     from chainlend.runtime import load_dag, migrate_metadata_db, run_dag, task_states
     from chainlend.systems import Warehouse
+    from sources.payment_rail import PaymentRailServer
     from sources.simulator import FaultRates, Simulator
 
     var = settings.var_dir()
@@ -88,10 +93,17 @@ def run_demo(*, days: int, scale: str, seed: int, faults: str, history: int = HI
     # the data owners' mailbox: a real SMTP server on loopback storing mail in var/demo/mail/
     sink = SmtpSink(var / "demo" / "mail")
     os.environ["AIRFLOW_CONN_SMTP_DEFAULT"] = sink.connection_json()
+    # the payment rail disbursement pays through: a real HTTP server on loopback (var/demo/rail.db)
+    rail = PaymentRailServer(var / "demo" / "rail.db")
+    os.environ["AIRFLOW_CONN_PAYMENT_RAIL_DEFAULT"] = json.dumps(
+        {"conn_type": "http", "host": rail.host, "port": rail.port, "extra": {"timeout_s": 30}})
     sink.__enter__()
+    rail.__enter__()
     try:
         runs = _play(sim, dags, training, days, progress, run_dag, task_states, tqdm)
+        rail_totals = rail.totals()
     finally:
+        rail.__exit__(None, None, None)
         sink.__exit__(None, None, None)
     docs_index = validator_for(*gx_paths()).build_index()
 
@@ -105,6 +117,8 @@ def run_demo(*, days: int, scale: str, seed: int, faults: str, history: int = HI
         "models": models_section(),
         "approval": approval_section(warehouse),
         "supplier_credit": supplier_credit_section(warehouse),
+        "disbursement": disbursement_section(warehouse, rail_totals),
+        "early_warning": early_warning_section(warehouse),
     }
     json_path, md_path = write_report(var / "demo", report)
     report["run"]["report_json"] = str(json_path)
@@ -129,6 +143,14 @@ def _play(sim, dags, training, days, progress, run_dag, task_states, tqdm) -> li
             failed = sorted(t for t, s in states.items() if s not in ("success", "skipped"))
             runs.append({"dag_id": dag_id, "business_date": day.isoformat(),
                          "state": str(dag_run.state), "failed_tasks": failed})
+            if dag_id == "monitor_post_loan" and states.get("request_retrain") == "success":
+                # the model_retrain_request asset event: the scheduler would start train_risk_models
+                bar.set_postfix_str(f"{day} train_risk_models (retrain requested)")
+                retrain = run_dag(training, day)
+                runs.append({"dag_id": training.dag_id, "business_date": day.isoformat(),
+                             "state": str(retrain.state), "trigger": "model_retrain_request",
+                             "failed_tasks": sorted(t for t, s in task_states(retrain).items()
+                                                    if s not in ("success", "skipped"))})
             bar.update(1)
     bar.close()
     return runs

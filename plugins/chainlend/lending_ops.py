@@ -134,7 +134,8 @@ def approve_batch(business_date: dt.date, warehouse: Warehouse | None = None) ->
     })
     out = decide(app_in, scores, dealers, APPROVAL_POLICY_V1, model_version=str(version))
     out.insert(1, "decision_batch", batch)
-    out["decided_at"] = _now()
+    out["decided_at"] = _keep_time(w, t["loan_decisions"], out, "application_id", ("decision", "amount_fen"),
+                                   "decided_at")
     extra = pending.set_index("application_id").loc[out.application_id]
     out["requested_fen"] = extra.requested_fen.astype("int64").to_numpy()
     out["term_days"] = extra.term_days.astype("int64").to_numpy()
@@ -152,6 +153,24 @@ def approve_batch(business_date: dt.date, warehouse: Warehouse | None = None) ->
     counts = out.decision.value_counts().to_dict()
     return {"batch": batch, "decided": int(len(out)), "waiting_for_vehicle": waiting, "model_version": str(version),
             **{k: int(v) for k, v in counts.items()}}
+
+
+def _keep_time(w: Warehouse, table: sa.Table, frame: pd.DataFrame, key: str, same: tuple[str, ...],
+               column: str) -> pd.Series:
+    """Now, or the stored time of a row a re-run reproduces unchanged (a re-run writes the same rows)."""
+    now = pd.Series(pd.Timestamp(_now()), index=frame.index)
+    keys = frame[key].astype(str).tolist()
+    old = []
+    with w.engine.connect() as conn:
+        for i in range(0, len(keys), 5_000):
+            old.append(pd.read_sql(sa.select(table.c[key], *[table.c[c] for c in same], table.c[column]).where(
+                table.c[key].in_(keys[i:i + 5_000])), conn))
+    old = pd.concat(old, ignore_index=True) if old else pd.DataFrame()
+    if old.empty:
+        return now
+    m = frame[[key, *same]].reset_index().merge(old, on=key, how="left", suffixes=("", "_old")).set_index("index")
+    unchanged = np.logical_and.reduce([m[c].astype(str).eq(m[f"{c}_old"].astype(str)) for c in same])
+    return pd.Series(np.where(unchanged, pd.to_datetime(m[column]), now), index=frame.index)
 
 
 def _instructed(w: Warehouse, item_keys: list[str], prefix: str) -> set[str]:
@@ -292,7 +311,8 @@ def allocate_batch(interval_end: dt.datetime, warehouse: Warehouse | None = None
     credits = result.credits.copy()
     lo = line_offs.set_index("event_id")["line_off_at"]
     credits["line_off_on"] = pd.to_datetime(credits.event_id.map(lo)).dt.date
-    credits["allocated_at"] = _now()
+    credits["allocated_at"] = _keep_time(w, t["supplier_credits"], credits, "credit_id", ("amount_fen",),
+                                         "allocated_at")
     lines = result.lines.assign(batch_id=batch)
     with w.engine.begin() as conn:
         conn.execute(sa.delete(t["supplier_credit_lines"]).where(t["supplier_credit_lines"].c.batch_id == batch))

@@ -115,7 +115,67 @@ def define(metadata: sa.MetaData) -> dict[str, sa.Table]:
         sa.Column("reason", sa.Text, nullable=False),
     )
     _disbursement(metadata, t)
+    _monitoring(metadata, t)
     return t
+
+
+def _monitoring(metadata: sa.MetaData, t: dict[str, sa.Table]) -> None:
+    """Post-loan monitoring, one partition per business date (a re-run replaces its date):
+    signals, the watchlist history, DPD buckets and roll rates, behaviour scores, model checks."""
+    bt, bid = (lambda: sa.Column("borrower_type", sa.String(16), primary_key=True),
+               lambda: sa.Column("borrower_id", ID, primary_key=True))
+    t["ew_signals"] = sa.Table(
+        "ew_signals", metadata,
+        sa.Column("as_of", sa.Date, primary_key=True), bt(), bid(),
+        sa.Column("rule", sa.String(64), primary_key=True),
+        sa.Column("level", sa.String(16), nullable=False),
+        sa.Column("value", sa.Float, nullable=True),
+        sa.Column("threshold", sa.Float, nullable=True),
+        sa.Column("detail", sa.Text, nullable=True),
+        sa.Column("config_version", sa.String(32), nullable=False),
+    )
+    t["watchlist"] = sa.Table(
+        "watchlist", metadata,
+        sa.Column("as_of", sa.Date, primary_key=True), bt(), bid(),
+        sa.Column("level", sa.String(16), nullable=False),
+        sa.Column("previous_level", sa.String(16), nullable=False),
+        sa.Column("change", sa.String(16), nullable=False),  # new | escalated | unchanged | improved | cleared
+        sa.Column("rules", sa.Text, nullable=False),
+        sa.Column("actions", sa.Text, nullable=False),
+        sa.Column("config_version", sa.String(32), nullable=False),
+    )
+    t["dpd_buckets"] = sa.Table(
+        "dpd_buckets", metadata,
+        sa.Column("as_of", sa.Date, primary_key=True),
+        sa.Column("bucket", sa.String(16), primary_key=True),
+        sa.Column("loans", sa.BigInteger, nullable=False),
+        sa.Column("outstanding_fen", MONEY, nullable=False),
+    )
+    t["roll_rates"] = sa.Table(
+        "roll_rates", metadata,
+        sa.Column("as_of", sa.Date, primary_key=True),
+        sa.Column("from_bucket", sa.String(16), primary_key=True),
+        sa.Column("to_bucket", sa.String(16), primary_key=True),
+        sa.Column("share", sa.Float, nullable=False),
+    )
+    t["behaviour_scores"] = sa.Table(
+        "behaviour_scores", metadata,
+        sa.Column("as_of", sa.Date, primary_key=True),
+        sa.Column("application_id", ID, primary_key=True),
+        sa.Column("dealer_id", ID, nullable=False),
+        sa.Column("pd", sa.Float, nullable=False),
+        sa.Column("model_version", sa.String(16), nullable=False),
+    )
+    t["model_monitoring"] = sa.Table(
+        "model_monitoring", metadata,
+        sa.Column("as_of", sa.Date, primary_key=True),
+        sa.Column("family", sa.String(32), primary_key=True),
+        sa.Column("metric", sa.String(128), primary_key=True),  # score_psi | psi:<feature> | auc_matured
+        sa.Column("model_version", sa.String(16), nullable=False),
+        sa.Column("value", sa.Float, nullable=True),
+        sa.Column("band", sa.String(16), nullable=True),
+        sa.Column("detail", sa.Text, nullable=True),
+    )
 
 
 _IMMUTABLE = {

@@ -12,6 +12,7 @@ from pathlib import Path
 from chainlend.ingest import LANDED
 from chainlend.systems import Warehouse
 from sources.contract import TABLES
+from sources.contract import table as contract_table
 
 
 def ingest_section(warehouse: Warehouse) -> dict:
@@ -144,6 +145,83 @@ def supplier_credit_section(warehouse: Warehouse) -> dict:
             "exceptions_by_reason": {k: int(v) for k, v in sorted(by_reason.items())}}
 
 
+def disbursement_section(warehouse: Warehouse, rail_totals: dict | None = None) -> dict:
+    """``instructions``, ``amount_fen``, ``postings``, ``balanced`` (every ledger entry's debits
+    equal its credits), ``reconciled`` (a full reconciliation now: decisions = instructions =
+    postings = outbox), ``held`` per reason, ``outbox`` per status, ``repayments_posted`` and the
+    rail's own count of payments."""
+    import datetime as dt
+
+    import sqlalchemy as sa
+
+    from chainlend.disbursement_ops import reconcile_ledger
+    from lending.disbursement import ReconciliationError
+
+    t = warehouse.lending
+    i, p, h, o = t["payment_instructions"], t["ledger_postings"], t["payment_holds"], t["payment_outbox"]
+    with warehouse.engine.connect() as conn:
+        n, amount = conn.execute(sa.select(sa.func.count(), sa.func.coalesce(sa.func.sum(i.c.amount_fen), 0))).one()
+        postings = conn.execute(sa.select(sa.func.count()).select_from(p)).scalar()
+        unbalanced = conn.execute(sa.select(sa.func.count()).select_from(
+            sa.select(p.c.entry_id).group_by(p.c.entry_id).having(
+                sa.func.sum(p.c.debit_fen) != sa.func.sum(p.c.credit_fen)).subquery())).scalar()
+        held = dict(conn.execute(sa.select(h.c.reason, sa.func.count()).group_by(h.c.reason)).all())
+        outbox = dict(conn.execute(sa.select(o.c.status, sa.func.count()).group_by(o.c.status)).all())
+        repaid = conn.execute(sa.select(sa.func.count(sa.distinct(p.c.entry_id))).where(
+            p.c.entry_id.like("repay:%"))).scalar()
+    now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
+    try:
+        reconcile_ledger(dt.datetime(9999, 12, 31), now, warehouse)
+        reconciled, differences = True, []
+    except ReconciliationError as exc:
+        reconciled, differences = False, [str(exc)]
+    return {"instructions": int(n), "amount_fen": int(amount), "postings": int(postings),
+            "balanced": unbalanced == 0, "reconciled": reconciled, "differences": differences,
+            "held": {k: int(v) for k, v in sorted(held.items())},
+            "outbox": {k: int(v) for k, v in sorted(outbox.items())}, "repayments_posted": int(repaid),
+            "rail": rail_totals}
+
+
+def early_warning_section(warehouse: Warehouse) -> dict:
+    """The latest run's ``levels`` (borrowers per level) and ``rules_fired`` (borrowers per rule),
+    ``alerts_sent`` (digest e-mails), ``retrains_triggered`` (monitoring runs that requested a
+    retrain), ``watchlist_days`` and the latest ``model_monitoring`` summary per family."""
+    import pandas as pd
+    import sqlalchemy as sa
+
+    t = warehouse.lending
+    wl, sig, mm, ctl = t["watchlist"], t["ew_signals"], t["model_monitoring"], t["credit_controls"]
+    with warehouse.engine.connect() as conn:
+        last = conn.execute(sa.select(sa.func.max(wl.c.as_of))).scalar()
+        last_sig = conn.execute(sa.select(sa.func.max(sig.c.as_of))).scalar()
+        levels = dict(conn.execute(sa.select(ctl.c.level, sa.func.count()).group_by(ctl.c.level)).all())
+        fired = dict(conn.execute(sa.select(sig.c.rule, sa.func.count()).where(sig.c.as_of == last_sig)
+                                  .group_by(sig.c.rule)).all()) if last_sig else {}
+        fired_total = dict(conn.execute(sa.select(sig.c.rule, sa.func.count()).group_by(sig.c.rule)).all())
+        digests = conn.execute(sa.select(sa.func.count()).select_from(warehouse.alerts).where(
+            warehouse.alerts.c.kind == "ew_digest")).scalar()
+        retrains = conn.execute(sa.select(sa.func.count(sa.distinct(mm.c.as_of))).where(
+            mm.c.metric == "retrain", mm.c.value > 0)).scalar()
+        days = conn.execute(sa.select(sa.func.count(sa.distinct(sig.c.as_of)))).scalar()
+        mon = pd.read_sql(sa.select(mm).where(mm.c.as_of == sa.select(sa.func.max(mm.c.as_of)).scalar_subquery(),
+                                              mm.c.metric.in_(["score_psi", "auc_matured"])), conn)
+        dealers = conn.execute(sa.select(sa.func.count()).select_from(
+            warehouse.published(contract_table("dealer", "dealers")))).scalar()
+        suppliers = conn.execute(sa.select(sa.func.count()).select_from(
+            warehouse.published(contract_table("erp", "suppliers")))).scalar()
+    flagged = sum(levels.values())
+    return {
+        "as_of": str(last) if last else None,
+        "levels": {"green": int(dealers + suppliers - flagged),
+                   **{lv: int(levels.get(lv, 0)) for lv in ("yellow", "orange", "red")}},
+        "rules_fired": {k: int(v) for k, v in sorted(fired.items())},
+        "rules_fired_all_days": {k: int(v) for k, v in sorted(fired_total.items())},
+        "alerts_sent": int(digests), "retrains_triggered": int(retrains), "monitoring_days": int(days),
+        "model_monitoring": {r.family: {**({"score_psi": r.value, "band": r.band} if r.metric == "score_psi" else {})}
+                             for r in mon.itertuples() if r.metric == "score_psi"},
+    }
+
+
 def write_report(folder: Path, report: dict) -> tuple[Path, Path]:
     folder.mkdir(parents=True, exist_ok=True)
     json_path = folder / "report.json"
@@ -197,6 +275,23 @@ def render_markdown(report: dict) -> str:
                   f"{credit['line_offs_unverified']:,}",
                   f"- credits {credit['allocations']:,}, amount {credit['amount_fen'] / 100:,.2f} CNY, "
                   f"suppliers capped {credit['suppliers_capped']:,}", ""]
+    disb = report.get("disbursement")
+    if disb:
+        lines += ["## Disbursement", "",
+                  f"- instructions {disb['instructions']:,}, amount {disb['amount_fen'] / 100:,.2f} CNY, "
+                  f"postings {disb['postings']:,}, repayments posted {disb['repayments_posted']:,}",
+                  f"- balanced: {disb['balanced']}, reconciled: {disb['reconciled']}",
+                  f"- held: {disb['held'] or 'none'}; outbox: {disb['outbox']}; rail: {disb['rail']}", ""]
+    ew = report.get("early_warning")
+    if ew:
+        lines += ["## Post-loan early warning", "",
+                  f"- levels on {ew['as_of']}: " + ", ".join(f"{k} {v:,}" for k, v in ew["levels"].items()),
+                  f"- digests sent: {ew['alerts_sent']}, retrains triggered: {ew['retrains_triggered']}",
+                  "- rules fired (latest day, borrowers): "
+                  + (", ".join(f"{k} ({v:,})" for k, v in ew["rules_fired"].items()) or "none"),
+                  "- score PSI vs training window: "
+                  + (", ".join(f"{k} {v['score_psi']:.3f} ({v['band']})" for k, v in ew["model_monitoring"].items())
+                     or "n/a"), ""]
     ingest = report.get("ingest", {})
     if ingest:
         lines += ["## Ingestion", "", "| source | table | batches | extracted | accepted | quarantined | blocked |",

@@ -340,3 +340,116 @@ def test_allocate_supplier_credit_end_to_end(trained, supplier_champion):
 
     later = allocate_batch(dt.datetime.combine(trained["last"], dt.time(23, 30)))
     assert later["events"] == 0
+
+
+# ------------------------------------------------------------------------------------------------
+# the rest of the daily cycle on the same world: a dealer turns red through the real pipeline
+# (a duplicate VIN the quality gate quarantines), then monitor_post_loan, approve_dealer_loans and
+# disburse_credit under Airflow. Runs last: it plays one more simulated day.
+
+
+@pytest.fixture
+def rail(tmp_path, monkeypatch):
+    from sources.payment_rail import PaymentRailServer
+
+    with PaymentRailServer(tmp_path / "rail.db") as server:
+        monkeypatch.setenv("AIRFLOW_CONN_PAYMENT_RAIL_DEFAULT", json.dumps(
+            {"conn_type": "http", "host": server.host, "port": server.port, "extra": {"timeout_s": 10}}))
+        yield server
+
+
+def _craft_red_dealer(trained, nxt: dt.date) -> tuple[str, str]:
+    """In the dealer source on ``nxt``: a second inventory row for one of a dealer's VINs (the gate
+    quarantines it as a duplicate VIN) and a new application of that dealer. Returns
+    ``(dealer_id, application_id)``; the dealer has approved loans not yet paid out."""
+    import sqlalchemy as sa
+
+    df = _decisions(trained["urls"])
+    dealer = df[df.decision.isin(["approved", "reduced"])].dealer_id.value_counts().index[0]
+    src = sa.create_engine(trained["urls"]["dealer"])
+    with src.begin() as conn:
+        inv = conn.execute(sa.text("SELECT * FROM inventory WHERE dealer_id = :d AND vin NOT IN "
+                                   "(SELECT vin FROM loan_applications) ORDER BY vin"), {"d": dealer}).mappings().all()
+        assert len(inv) >= 2, "the dealer needs two unfinanced cars in stock"
+        dup = dict(inv[0])
+        dup.update(acquired_at=dt.datetime.combine(nxt, dt.time(9)), updated_at=dt.datetime.combine(nxt, dt.time(9, 1)))
+        conn.execute(sa.text(f"INSERT INTO inventory ({', '.join(dup)}) VALUES ({', '.join(':' + k for k in dup)})"), dup)
+        app = dict(conn.execute(sa.text("SELECT * FROM loan_applications WHERE dealer_id = :d LIMIT 1"),
+                                {"d": dealer}).mappings().one())
+        app_id = app["application_id"][:-4] + "T001"
+        app.update(application_id=app_id, vin=inv[1]["vin"], purchase_price_fen=inv[1]["purchase_price_fen"],
+                   appraised_value_fen=inv[1]["appraised_value_fen"],
+                   requested_fen=int(inv[1]["appraised_value_fen"] * 0.5) // 100 * 100,
+                   applied_at=dt.datetime.combine(nxt, dt.time(10)), updated_at=dt.datetime.combine(nxt, dt.time(10, 1)))
+        conn.execute(sa.text(f"INSERT INTO loan_applications ({', '.join(app)}) VALUES "
+                             f"({', '.join(':' + k for k in app)})"), app)
+    src.dispose()
+    return dealer, app_id
+
+
+def test_daily_cycle_red_dealer_monitor_approve_disburse(trained, supplier_champion, mailbox, rail):
+    import pandas as pd
+    import sqlalchemy as sa
+
+    from chainlend.runtime import load_dag, run_dag, task_states
+
+    last = trained["last"]
+    for dag_id, conf in (("approve_dealer_loans", None),
+                         ("allocate_supplier_credit", {"interval_end": f"{last}T23:15:00"})):
+        assert set(task_states(run_dag(load_dag(dag_id), last, conf=conf)).values()) == {"success"}
+    sim = Simulator(trained["urls"]["erp"], trained["urls"]["dealer"], trained["urls"]["sim"])
+    (nxt,) = sim.advance(1)
+    sim.dispose()
+    dealer, app_id = _craft_red_dealer(trained, nxt)
+    for dag_id in ("ingest_erp", "ingest_dealer"):
+        assert set(task_states(run_dag(load_dag(dag_id), nxt)).values()) == {"success"}
+
+    monitor = load_dag("monitor_post_loan")
+    states = task_states(run_dag(monitor, nxt))
+    assert {k: v for k, v in states.items() if k not in ("retrain_needed", "request_retrain")} == {
+        "post_repayments": "success", "early_warning": "success", "send_digest": "success",
+        "monitor_models": "success"}, states
+    e = sa.create_engine(trained["urls"]["warehouse"])
+
+    def read(sql, **params):
+        with e.connect() as conn:
+            return pd.read_sql(sa.text(sql), conn, params=params)
+
+    ctl = read("SELECT * FROM credit_controls WHERE borrower_type = 'dealer' AND borrower_id = :d", d=dealer)
+    assert ctl.level.tolist() == ["red"] and bool(ctl.frozen.iloc[0]), ctl
+    sig = read("SELECT rule FROM ew_signals WHERE as_of = :a AND borrower_id = :d", a=nxt, d=dealer)
+    assert "duplicate_vin" in set(sig.rule)
+    watch = read("SELECT * FROM watchlist WHERE as_of = :a", a=nxt)
+    assert dealer in set(watch.borrower_id[watch.level == "red"])
+    assert len(read("SELECT * FROM behaviour_scores WHERE as_of = :a", a=nxt)) > 100
+    mon = read("SELECT * FROM model_monitoring WHERE as_of = :a AND metric = 'score_psi'", a=nxt)
+    assert set(mon.family) == {"dealer_pd", "post_loan_behaviour", "supplier_pd"} and mon.value.ge(0).all()
+    # the digest: one mail to credit operations naming the red dealer and the rule that fired
+    mails = [m for m in mailbox.messages() if "early warning" in m["Subject"]]
+    assert len(mails) == 1
+    mail = mails[0]
+    assert mail["Subject"].startswith(f"[chainlend] early warning {nxt}:") and "credit-ops@bank.example" in mail["To"]
+    body = mail.get_body(("html",)).get_content()
+    assert dealer in body and "duplicate_vin" in body
+    names = read("SELECT dealer_name, phone, owner_id_number FROM published_dealer_dealers WHERE dealer_id = :d",
+                 d=dealer).iloc[0]
+    assert all(str(v) not in body for v in names)  # masked: no raw names, phones or ID numbers
+    run_dag(monitor, nxt)  # a re-run of the same business date sends no second digest
+    assert len([m for m in mailbox.messages() if "early warning" in m["Subject"]]) == 1
+
+    # the red dealer's new application is declined (frozen)
+    assert set(task_states(run_dag(load_dag("approve_dealer_loans"), nxt)).values()) == {"success"}
+    new = read("SELECT decision, reason_codes FROM loan_decisions WHERE application_id = :a", a=app_id)
+    assert new.decision.tolist() == ["declined"] and '"R05"' in new.reason_codes.iloc[0]
+    # its approved drawdowns are not posted: held while frozen; everyone else's are paid
+    conf = {"interval_end": f"{nxt}T23:30:00"}
+    states = task_states(run_dag(load_dag("disburse_credit"), nxt, conf=conf))
+    assert set(states.values()) == {"success"}, states
+    paid = read("SELECT borrower_id, count(*) AS n FROM payment_instructions GROUP BY borrower_id")
+    assert dealer not in set(paid.borrower_id) and paid.n.sum() > 100
+    held = read("SELECT * FROM payment_holds WHERE borrower_id = :d", d=dealer)
+    assert len(held) >= 1 and set(held.reason) == {"frozen"}
+    assert rail.totals()["count"] == int(paid.n.sum())
+    unbalanced = read("SELECT entry_id FROM ledger_postings GROUP BY entry_id HAVING sum(debit_fen) <> sum(credit_fen)")
+    assert unbalanced.empty
+    e.dispose()

@@ -1,0 +1,451 @@
+"""Post-loan monitoring at the edge: repayments into the ledger, early-warning levels and their
+actions, the watchlist and its digest e-mail, and model monitoring with a retrain trigger.
+
+Each step writes one partition per business date (``as_of`` = the business date; data published
+through that date), so a retry or a re-run replaces its own rows:
+
+- :func:`post_repayments`: a repaid order loan that the bank disbursed gets the entry
+  ``repay:loan:<application_id>`` (debit nostro, credit the dealer's receivable, at the principal
+  paid out); a supplier-credit instruction is settled by the OEM's payment of the financed
+  payables at the credit term (``repay:sc:…``). Entry keys are unique in the ledger.
+- :func:`early_warning`: the rules of :mod:`lending.early_warning` on published data, the
+  ``post_loan_behaviour`` champion's PD of every outstanding loan, a level per borrower and the
+  actions that :mod:`chainlend.lending_ops` (approval) and :mod:`chainlend.disbursement_ops`
+  (posting) obey through ``credit_controls``; the watchlist keeps the history.
+- :func:`send_digest`: one e-mail per business date to credit operations (a retry or re-run
+  sends nothing: the ``alerts`` table records it), listing new and escalated names.
+- :func:`monitor_models`: PSI of each champion's score and of every feature against its training
+  window (bands 0.10 / 0.25), AUC once labels have matured; a retrain is requested when the score
+  shifts significantly, when many features do, or when matured AUC falls below the OOT AUC.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import html
+import json
+import logging
+
+import numpy as np
+import pandas as pd
+import sqlalchemy as sa
+
+from chainlend.lending_ops import SUPPLIER_CREDIT_TERM_DAYS, LendingOpsError, champion
+from chainlend.systems import Warehouse
+
+log = logging.getLogger(__name__)
+
+DEALER_FRAMES = ("dealer.dealers", "dealer.inventory", "dealer.sales", "dealer.floor_audits",
+                 "dealer.loan_applications", "dealer.loan_repayments")
+ERP_FRAMES = ("erp.suppliers", "erp.parts", "erp.bom", "erp.sub_bom", "erp.production", "erp.goods_receipts",
+              "erp.payables", "erp.credit_memos", "erp.supplier_repayments", "erp.supplier_links",
+              "erp.vehicle_models", "erp.orders", "erp.line_off_events")
+DEFAULT_CREDIT_OPS = ["credit-ops@bank.example"]
+FAMILIES = ("dealer_pd", "supplier_pd", "post_loan_behaviour")
+# retrain triggers (the PSI bands are models.metrics.PSI_INVESTIGATE / PSI_SIGNIFICANT)
+RETRAIN_FEATURE_SHARE = 0.30  # share of features with a significant PSI
+RETRAIN_AUC_DROP = 0.05  # matured AUC below the version's OOT AUC by more than this
+MIN_MATURED_BADS = 5
+BASELINE_SAMPLE = 50_000
+DEALER_MONITOR_DAYS = 30  # the dealer_pd population: applications of the last 30 days
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC).replace(tzinfo=None, microsecond=0)
+
+
+def _replace_partition(conn, table: sa.Table, as_of: dt.date, frame: pd.DataFrame) -> None:
+    conn.execute(sa.delete(table).where(table.c.as_of == as_of))
+    if len(frame):
+        records = frame.astype(object).where(frame.notna(), None).to_dict("records")
+        for i in range(0, len(records), 20_000):
+            conn.execute(table.insert(), records[i:i + 20_000])
+
+
+# --------------------------------------------------------------------------------------------
+# repayments into the ledger
+
+
+def post_repayments(business_date: dt.date, warehouse: Warehouse | None = None) -> dict:
+    """Post the repayments known through ``business_date`` that the ledger does not have yet."""
+    from lending.disbursement import check_balanced, repayment_legs
+
+    w = warehouse or Warehouse.from_conn()
+    w.metadata.create_all(w.engine, checkfirst=True)
+    t = w.lending
+    pi, p, acc = t["payment_instructions"], t["ledger_postings"], t["ledger_accounts"]
+    as_of = pd.Timestamp(business_date + dt.timedelta(days=1))
+    rep = w.read_frames(("dealer.loan_repayments",))["dealer.loan_repayments"]
+    with w.engine.connect() as conn:
+        ins = pd.read_sql(sa.select(pi.c.instruction_id, pi.c.idempotency_key, pi.c.kind, pi.c.borrower_type,
+                                    pi.c.borrower_id, pi.c.amount_fen, pi.c.source_batch), conn)
+        done = set(conn.execute(sa.select(p.c.entry_id).where(p.c.entry_id.like("repay:%"))).scalars())
+    known = rep[(rep.updated_at < as_of) & (rep.paid_at < as_of)]
+    loans = ins[ins.kind == "dealer_loan"].copy()
+    loans["application_id"] = loans.idempotency_key.str.removeprefix("loan:")
+    repaid = loans[loans.application_id.isin(known.application_id)]
+    sc = ins[ins.kind == "supplier_credit"].copy()
+    batch_day = pd.to_datetime(sc.source_batch.str.slice(3, 11), format="%Y%m%d")
+    settled = sc[batch_day + pd.Timedelta(days=SUPPLIER_CREDIT_TERM_DAYS) < as_of]
+    due = pd.concat([repaid, settled], ignore_index=True)
+    due["entry_id"] = "repay:" + due.idempotency_key
+    due = due[~due.entry_id.isin(done)]
+    if due.empty:
+        return {"repayments_posted": 0, "amount_fen": 0}
+    legs = repayment_legs(due[["entry_id", "borrower_type", "borrower_id", "amount_fen"]])
+    check_balanced(legs)
+    legs["instruction_id"] = np.concatenate([due.instruction_id.to_numpy()] * 2)
+    legs["posted_at"] = _now()
+    delta = legs[legs.account != "nostro"].groupby("account").credit_fen.sum()
+    with w.engine.begin() as conn:
+        conn.execute(p.insert(), legs.to_dict("records"))
+        conn.execute(sa.update(acc).where(acc.c.account == sa.bindparam("a")).values(
+            balance_fen=acc.c.balance_fen - sa.bindparam("d"), updated_at=_now()),
+            [{"a": a, "d": int(d)} for a, d in delta.items()])
+    return {"repayments_posted": int(len(due)), "amount_fen": int(due.amount_fen.sum()),
+            "loans": int((due.kind == "dealer_loan").sum()), "supplier_settlements": int((due.kind != "dealer_loan").sum())}
+
+
+# --------------------------------------------------------------------------------------------
+# early warning
+
+
+def duplicate_vins(w: Warehouse) -> pd.DataFrame:
+    """VINs the quality gate quarantined as duplicates in dealer tables: ``vin, dealer_id, detected_at``."""
+    q = w.quarantine
+    with w.engine.connect() as conn:
+        rows = conn.execute(sa.select(q.c.row_json, q.c.quarantined_at).where(
+            q.c.source == "dealer", q.c.table_name.in_(["inventory", "loan_applications", "sales"]),
+            q.c.reasons.like("%unique%vin%"))).all()
+    out = []
+    for raw, at in rows:
+        row = json.loads(raw)
+        if row.get("vin") and row.get("dealer_id"):
+            out.append({"vin": str(row["vin"]), "dealer_id": str(row["dealer_id"]), "detected_at": at})
+    return pd.DataFrame(out, columns=["vin", "dealer_id", "detected_at"])
+
+
+def _live_loans(frames: dict, as_of: dt.date) -> pd.DataFrame:
+    from lending.early_warning import loan_dpd
+
+    return loan_dpd(frames, as_of)
+
+
+def _previous_levels(w: Warehouse, as_of: dt.date) -> pd.DataFrame:
+    """Each borrower's level after the latest earlier run (absent: green)."""
+    wl = w.lending["watchlist"]
+    with w.engine.connect() as conn:
+        hist = pd.read_sql(sa.select(wl.c.as_of, wl.c.borrower_type, wl.c.borrower_id, wl.c.level).where(
+            wl.c.as_of < as_of), conn)
+    if hist.empty:
+        return pd.DataFrame(columns=["borrower_type", "borrower_id", "level"])
+    hist = hist.sort_values("as_of").groupby(["borrower_type", "borrower_id"], as_index=False).last()
+    return hist[["borrower_type", "borrower_id", "level"]]
+
+
+def early_warning(business_date: dt.date, warehouse: Warehouse | None = None) -> dict:
+    """Signals, levels, actions and the watchlist for ``business_date``."""
+    from features.definitions import feature_names
+    from features.post_loan import post_loan_features
+    from lending import early_warning as ew
+
+    w = warehouse or Warehouse.from_conn()
+    w.metadata.create_all(w.engine, checkfirst=True)
+    t = w.lending
+    as_of = business_date + dt.timedelta(days=1)
+    frames = w.read_frames(DEALER_FRAMES + ERP_FRAMES)
+    cfg = ew.EW_CONFIG_V1
+    loans = _live_loans(frames, as_of)
+    version, model = champion("post_loan_behaviour")
+    scored = pd.DataFrame(columns=["as_of", "application_id", "dealer_id", "pd", "model_version"])
+    if len(loans):
+        feats = post_loan_features(frames, pd.DataFrame({"application_id": loans.application_id.to_numpy(),
+                                                         "as_of": pd.Timestamp(as_of)}))
+        X = feats[feature_names("post_loan_behaviour")].astype("float64").reset_index(drop=True)
+        pds = model.predict(X)["pd"].to_numpy()
+        scored = pd.DataFrame({"as_of": business_date, "application_id": loans.application_id.to_numpy(),
+                               "dealer_id": loans.dealer_id.to_numpy(), "pd": pds, "model_version": str(version)})
+    scores = (scored.groupby("dealer_id").pd.max().rename("score").reset_index()
+              .rename(columns={"dealer_id": "borrower_id"}).assign(borrower_type="dealer"))
+    signals = pd.concat([
+        ew.dealer_signals(frames, as_of, cfg, duplicate_vins=duplicate_vins(w)),
+        ew.supplier_signals(frames, as_of, cfg),
+        ew.score_signals(scores[["borrower_type", "borrower_id", "score"]], cfg),
+    ], ignore_index=True)
+    borrowers = pd.concat([
+        pd.DataFrame({"borrower_type": "dealer", "borrower_id": frames["dealer.dealers"].dealer_id.astype(str)}),
+        pd.DataFrame({"borrower_type": "supplier", "borrower_id": frames["erp.suppliers"].supplier_id.astype(str)}),
+    ], ignore_index=True)
+    levels = ew.combine(signals, borrowers, cfg)
+    previous = _previous_levels(w, business_date)
+    changed = ew.changes(previous, levels)
+    prev_level = previous.set_index(["borrower_type", "borrower_id"]).level
+    key = pd.MultiIndex.from_frame(levels[["borrower_type", "borrower_id"]])
+    levels["previous_level"] = pd.Series(prev_level.reindex(key).to_numpy(), index=levels.index).fillna("green")
+    change = changed.set_index(["borrower_type", "borrower_id"])["change"]
+    levels["change"] = pd.Series(change.reindex(key).to_numpy(), index=levels.index)
+    other = pd.Series(np.where(levels.level == levels.previous_level, "unchanged",
+                               np.where(levels.level == "green", "cleared", "improved")), index=levels.index)
+    levels["change"] = levels.change.where(levels.change.notna(), other)
+    # the watchlist keeps the non-green names and everyone whose level moved (cleared included)
+    wl = levels[(levels.level != "green") | (levels.previous_level != "green")]
+    watch = pd.DataFrame({"as_of": business_date, "borrower_type": wl.borrower_type, "borrower_id": wl.borrower_id,
+                          "level": wl.level, "previous_level": wl.previous_level, "change": wl.change,
+                          "rules": wl.rules.fillna(""), "actions": wl.actions.fillna(""),
+                          "config_version": cfg.version})
+    sig = signals.assign(as_of=business_date, config_version=cfg.version)[
+        ["as_of", "borrower_type", "borrower_id", "rule", "level", "value", "threshold", "detail", "config_version"]]
+    buckets = loans.groupby("bucket").agg(loans=("application_id", "size"), outstanding_fen=("outstanding_fen", "sum"))
+    buckets = buckets.reset_index().assign(as_of=business_date)
+    rolls = ew.roll_rates(frames, as_of, prior=as_of - dt.timedelta(days=30))
+    rolls = (rolls.stack().rename("share").reset_index().set_axis(["from_bucket", "to_bucket", "share"], axis=1)
+             .assign(as_of=business_date)) if len(rolls) else pd.DataFrame(
+        columns=["as_of", "from_bucket", "to_bucket", "share"])
+    controls = _controls(w, levels[levels.level != "green"], business_date)
+    with w.engine.begin() as conn:
+        _replace_partition(conn, t["ew_signals"], business_date, sig)
+        _replace_partition(conn, t["watchlist"], business_date, watch)
+        _replace_partition(conn, t["dpd_buckets"], business_date, buckets)
+        _replace_partition(conn, t["roll_rates"], business_date, rolls)
+        _replace_partition(conn, t["behaviour_scores"], business_date, scored)
+        conn.execute(sa.delete(t["credit_controls"]))
+        if len(controls):
+            conn.execute(t["credit_controls"].insert(), controls.to_dict("records"))
+    counts = levels.level.value_counts()
+    return {"as_of": business_date.isoformat(), "config_version": cfg.version,
+            "levels": {lv: int(counts.get(lv, 0)) for lv in ("green", "yellow", "orange", "red")},
+            "rules_fired": {str(k): int(v) for k, v in signals.rule.value_counts().sort_index().items()},
+            "new": int((watch.change == "new").sum()), "escalated": int((watch.change == "escalated").sum()),
+            "loans_scored": int(len(scored)), "post_loan_version": str(version)}
+
+
+def _controls(w: Warehouse, flagged: pd.DataFrame, business_date: dt.date) -> pd.DataFrame:
+    """``credit_controls`` rows of the non-green borrowers; ``since`` kept while the level holds."""
+    c = w.lending["credit_controls"]
+    with w.engine.connect() as conn:
+        old = pd.read_sql(sa.select(c.c.borrower_type, c.c.borrower_id, c.c.level, c.c.since), conn)
+    out = pd.DataFrame({"borrower_type": flagged.borrower_type, "borrower_id": flagged.borrower_id,
+                        "frozen": flagged.frozen.astype(bool), "limit_cut": flagged.limit_cut.astype(float),
+                        "level": flagged.level, "reason": flagged.rules.fillna(""), "since": business_date})
+    if len(old) and len(out):
+        m = out.merge(old, on=["borrower_type", "borrower_id"], how="left", suffixes=("", "_old"))
+        keep = m.level_old.eq(m.level).to_numpy()
+        out.loc[keep, "since"] = pd.to_datetime(m.since_old[keep]).dt.date.to_numpy()
+    return out.reset_index(drop=True)
+
+
+def credit_ops_recipients() -> list[str]:
+    """Airflow Variable ``chainlend_credit_ops`` (a JSON list; also ``AIRFLOW_VAR_CHAINLEND_CREDIT_OPS``),
+    else :data:`DEFAULT_CREDIT_OPS`."""
+    from airflow.sdk import Variable
+
+    raw = Variable.get("chainlend_credit_ops", default=None)
+    to = json.loads(raw) if raw else DEFAULT_CREDIT_OPS
+    if not to:
+        raise ValueError("chainlend_credit_ops is empty: the early-warning digest needs a recipient")
+    return list(to)
+
+
+def send_digest(business_date: dt.date, mailer, recipients: list[str], warehouse: Warehouse | None = None) -> dict:
+    """The day's digest to credit operations, once per business date (recorded in ``alerts``)."""
+    from chainlend.alerts import mask
+
+    w = warehouse or Warehouse.from_conn()
+    t = w.lending
+    a = w.alerts
+    key = f"ew.{business_date:%Y%m%d}"
+    with w.engine.connect() as conn:
+        if conn.execute(sa.select(a.c.batch_id).where(a.c.batch_id == key)).first():
+            return {"sent": False, "reason": "already sent for this business date"}
+        wl = pd.read_sql(sa.select(t["watchlist"]).where(t["watchlist"].c.as_of == business_date), conn)
+        sig = pd.read_sql(sa.select(t["ew_signals"]).where(t["ew_signals"].c.as_of == business_date), conn)
+    names = pd.concat([w.read_frames(("dealer.dealers",))["dealer.dealers"][["dealer_id", "dealer_name"]].set_axis(
+        ["borrower_id", "name"], axis=1), w.read_frames(("erp.suppliers",))["erp.suppliers"][
+        ["supplier_id", "supplier_name"]].set_axis(["borrower_id", "name"], axis=1)]).set_index("borrower_id").name
+    moved = wl[wl.change.isin(["new", "escalated"])].sort_values(["level", "borrower_type", "borrower_id"])
+    order = {"red": 0, "orange": 1, "yellow": 2, "green": 3}
+    moved = moved.iloc[np.argsort(moved.level.map(order).to_numpy(), kind="stable")]
+    counts = wl[wl.level != "green"].level.value_counts()
+    subject = (f"[chainlend] early warning {business_date}: {int((moved.change == 'new').sum())} new, "
+               f"{int((moved.change == 'escalated').sum())} escalated, {int(counts.get('red', 0))} red")
+    rows = []
+    for r in moved.itertuples():
+        fired = sig[(sig.borrower_type == r.borrower_type) & (sig.borrower_id == r.borrower_id)]
+        detail = "<br>".join(html.escape(f"{s.rule} ({s.level}): {s.detail or ''}") for s in fired.itertuples())
+        rows.append(f"<tr><td>{r.borrower_type}</td><td>{html.escape(r.borrower_id)}</td>"
+                    f"<td>{html.escape(mask(names.get(r.borrower_id, '')))}</td>"
+                    f"<td>{r.previous_level} → <b>{r.level}</b></td><td>{r.change}</td><td>{detail}</td>"
+                    f"<td>{html.escape(r.actions)}</td></tr>")
+    table = ("<table border='1' cellpadding='4'><tr><th>type</th><th>borrower</th><th>name (masked)</th>"
+             "<th>level</th><th>change</th><th>rules fired</th><th>actions</th></tr>" + "".join(rows) + "</table>"
+             if rows else "<p>No new or escalated names today.</p>")
+    body = (f"<p>Post-loan early warning for business date <b>{business_date}</b>: watchlist "
+            + ", ".join(f"{lv} {int(counts.get(lv, 0))}" for lv in ("red", "orange", "yellow"))
+            + ". Red freezes new drawdowns (approval declines, disbursement holds); orange cuts the limit "
+              "and asks for a site visit.</p>" + table)
+    mailer.send(recipients, subject, body)
+    with w.engine.begin() as conn:
+        conn.execute(a.insert(), [{"batch_id": key, "kind": "ew_digest", "subject": subject,
+                                   "recipients": ",".join(recipients), "sent_at": _now()}])
+    return {"sent": True, "subject": subject, "names": int(len(moved))}
+
+
+# --------------------------------------------------------------------------------------------
+# model monitoring
+
+
+def _matured_labels(frames: dict, as_of: pd.Timestamp) -> pd.Series:
+    """bad (1/0) of loans whose due date + grace has passed by ``as_of``, by application id."""
+    from features.definitions import DEALER_BAD_DPD, DEALER_GRACE_DAYS
+
+    apps = frames["dealer.loan_applications"]
+    apps = apps[(apps.updated_at < as_of) & (apps.applied_at < as_of)]
+    due = apps.applied_at.dt.normalize() + pd.to_timedelta(apps.term_days, unit="D")
+    horizon = due + pd.Timedelta(days=max(DEALER_GRACE_DAYS, DEALER_BAD_DPD))
+    matured = apps[horizon < as_of]
+    rep = frames["dealer.loan_repayments"]
+    rep = rep[(rep.updated_at < as_of) & (rep.paid_at < as_of)]
+    first_paid = rep.groupby("application_id").paid_at.min()
+    paid = matured.application_id.map(first_paid)
+    mdue = due[matured.index]
+    bad = paid.isna() | (paid >= mdue + pd.Timedelta(days=DEALER_BAD_DPD))
+    return pd.Series(bad.astype(int).to_numpy(), index=matured.application_id.to_numpy())
+
+
+def _current_population(family: str, frames: dict, as_of: dt.date, w: Warehouse) -> tuple[pd.DataFrame, pd.Series]:
+    """(features of the population the champion scores now, matured score/label pairs or empty)."""
+    from features.definitions import feature_names
+
+    names = feature_names(family)
+    day = pd.Timestamp(as_of)
+    t = w.lending
+    if family == "dealer_pd":
+        from features.dealer import application_features
+
+        apps = frames["dealer.loan_applications"]
+        recent = apps[(apps.updated_at < day) & (apps.applied_at < day)
+                      & (apps.applied_at >= day - pd.Timedelta(days=DEALER_MONITOR_DAYS))]
+        feats = application_features(frames, recent.drop_duplicates("application_id"))
+        with w.engine.connect() as conn:
+            past = pd.read_sql(sa.select(t["loan_decisions"].c.application_id, t["loan_decisions"].c.pd), conn)
+        return feats[names], past.set_index("application_id").pd
+    if family == "post_loan_behaviour":
+        from features.post_loan import post_loan_features
+
+        loans = _live_loans(frames, as_of)
+        feats = post_loan_features(frames, pd.DataFrame({"application_id": loans.application_id.to_numpy(),
+                                                         "as_of": day}))
+        with w.engine.connect() as conn:
+            bs = t["behaviour_scores"]
+            past = pd.read_sql(sa.select(bs.c.application_id, bs.c.as_of, bs.c.pd), conn)
+        first = past.sort_values("as_of").groupby("application_id").pd.first()  # the earliest score of a loan
+        return feats[names], first
+    from features.supplier import supplier_features
+
+    ids = frames["erp.suppliers"].supplier_id.astype(str).tolist()
+    feats = supplier_features(frames, ids, [as_of])
+    return feats[names], pd.Series(dtype=float)  # supplier labels mature after the 12-month horizon
+
+
+def monitor_models(business_date: dt.date, warehouse: Warehouse | None = None) -> dict:
+    """PSI of score and features against each champion's training window; matured AUC; retrain."""
+    from chainlend import model_ops
+    from features.definitions import feature_names
+    from models import metrics as m
+
+    w = warehouse or Warehouse.from_conn()
+    w.metadata.create_all(w.engine, checkfirst=True)
+    as_of = business_date + dt.timedelta(days=1)
+    frames = w.read_frames(DEALER_FRAMES + ERP_FRAMES)
+    labels = _matured_labels(frames, pd.Timestamp(as_of))
+    reg = model_ops.registry()
+    rows, summary, retrain = [], {}, []
+    for family in FAMILIES:
+        try:
+            version, model = champion(family)
+        except LendingOpsError as exc:
+            summary[family] = {"status": str(exc)}
+            continue
+        tags = reg.tags(family, version)
+        window = json.loads(tags["data_window"])["train"]
+        base = pd.read_parquet(tags["dataset_path"])
+        d = pd.to_datetime(base[tags.get("split_on", "obs_date")])
+        base = base[(d >= pd.Timestamp(window["start"])) & (d <= pd.Timestamp(window["end"]))]
+        if len(base) > BASELINE_SAMPLE:
+            base = base.sample(BASELINE_SAMPLE, random_state=0)
+        names = feature_names(family)
+        current, past_scores = _current_population(family, frames, as_of, w)
+        Xb = base[names].astype("float64").reset_index(drop=True)
+        Xc = current[names].astype("float64").reset_index(drop=True)
+        if Xc.empty:
+            summary[family] = {"status": "no population to score"}
+            continue
+        score_psi = m.psi(model.predict(Xb)["pd"].to_numpy(), model.predict(Xc)["pd"].to_numpy())
+        fpsi = m.feature_psi(Xb, Xc, names)
+        bands = fpsi.map(m.psi_band)
+        significant_share = float((bands == "significant").mean())
+        matured = past_scores.index.intersection(labels.index)
+        y = labels[matured]
+        auc = None
+        if int(y.sum()) >= MIN_MATURED_BADS and int((1 - y).sum()) >= MIN_MATURED_BADS:
+            auc = float(m.auc(y.to_numpy(), past_scores[matured].to_numpy()))
+        oot_auc = float(json.loads(tags["oot_metrics"])["auc"])
+        reasons = []
+        if m.psi_band(score_psi) == "significant":
+            reasons.append(f"score PSI {score_psi:.3f} > {m.PSI_SIGNIFICANT}")
+        if significant_share >= RETRAIN_FEATURE_SHARE:
+            reasons.append(f"{significant_share:.0%} of features with PSI > {m.PSI_SIGNIFICANT}")
+        if auc is not None and auc < oot_auc - RETRAIN_AUC_DROP:
+            reasons.append(f"matured AUC {auc:.3f} < OOT AUC {oot_auc:.3f} − {RETRAIN_AUC_DROP}")
+        if reasons:
+            retrain.append(family)
+        rows.append({"family": family, "metric": "score_psi", "model_version": str(version), "value": score_psi,
+                     "band": m.psi_band(score_psi), "detail": None})
+        rows += [{"family": family, "metric": f"psi:{n}", "model_version": str(version), "value": float(v),
+                  "band": bands[n], "detail": None} for n, v in fpsi.items()]
+        rows.append({"family": family, "metric": "auc_matured", "model_version": str(version), "value": auc,
+                     "band": None, "detail": f"{len(matured)} matured loans, {int(y.sum())} bad" if len(matured)
+                     else "labels not matured yet"})
+        rows.append({"family": family, "metric": "retrain", "model_version": str(version),
+                     "value": float(bool(reasons)), "band": None, "detail": "; ".join(reasons) or None})
+        summary[family] = {"version": str(version), "score_psi": round(score_psi, 4), "band": m.psi_band(score_psi),
+                           "features_significant": int((bands == "significant").sum()),
+                           "features_investigate": int((bands == "investigate").sum()),
+                           "auc_matured": None if auc is None else round(auc, 4), "retrain": reasons}
+        _log_monitoring_run(family, str(version), business_date, score_psi, fpsi, auc)
+    frame = pd.DataFrame(rows, columns=["family", "metric", "model_version", "value", "band", "detail"])
+    with w.engine.begin() as conn:
+        _replace_partition(conn, w.lending["model_monitoring"], business_date, frame.assign(as_of=business_date))
+    return {"as_of": business_date.isoformat(), "families": summary, "retrain": retrain}
+
+
+def _log_monitoring_run(family: str, version: str, business_date: dt.date, score_psi: float, fpsi: pd.Series,
+                        auc: float | None) -> None:
+    """An MLflow run in experiment ``monitoring`` with the PSI metrics and a PSI bar chart."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from chainlend import model_ops
+
+    mlf = model_ops.client()
+    exp = model_ops.experiment_id(mlf, "monitoring")
+    run = mlf.create_run(exp, run_name=f"{family} v{version} {business_date}",
+                         tags={"family": family, "model_version": version, "as_of": business_date.isoformat()})
+    rid = run.info.run_id
+    mlf.log_metric(rid, "score_psi", score_psi)
+    if auc is not None:
+        mlf.log_metric(rid, "auc_matured", auc)
+    top = fpsi.sort_values(ascending=True).tail(20)
+    fig, ax = plt.subplots(figsize=(7, max(3, 0.3 * len(top))))
+    ax.barh(top.index, top.to_numpy(), color=["#c0392b" if v > 0.25 else "#e67e22" if v > 0.10 else "#27ae60"
+                                              for v in top.to_numpy()])
+    for x in (0.10, 0.25):
+        ax.axvline(x, color="grey", linestyle="--", linewidth=0.8)
+    ax.set_title(f"{family} v{version}: feature PSI vs training window ({business_date}); score PSI {score_psi:.3f}")
+    ax.set_xlabel("PSI")
+    fig.tight_layout()
+    mlf.log_figure(rid, fig, "psi_features.png")
+    plt.close(fig)
+    mlf.set_terminated(rid)
