@@ -13,6 +13,7 @@ BENCHES = {
     "ingest": "ingest_bench",
     "gate": "gate_bench",
     "train": "train_bench",
+    "ledger": "ledger_bench",
 }
 
 

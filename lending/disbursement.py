@@ -76,7 +76,8 @@ def plan_instructions(loans: pd.DataFrame, credits: pd.DataFrame) -> tuple[pd.Da
         ordered by (borrower, source batch, key): the order limits are checked in.
 
     Raises:
-        LedgerError: an amount is not a positive integer, or a loan or credit repeats.
+        LedgerError: an amount is not a positive integer, a loan or credit repeats, or two
+            (micro-batch, supplier) pairs would share one idempotency key.
     """
     for frame, key in ((loans, "application_id"), (credits, "credit_id")):
         if frame[key].duplicated().any():
@@ -94,6 +95,11 @@ def plan_instructions(loans: pd.DataFrame, credits: pd.DataFrame) -> tuple[pd.Da
                       "batch_id": credits["batch_id"].astype(str).to_numpy(),
                       "supplier_id": credits["supplier_id"].astype(str).to_numpy(), "amount_fen": ca})
     c["idempotency_key"] = "sc:" + c.batch_id + ":" + c.supplier_id
+    pairs = c[["idempotency_key", "batch_id", "supplier_id"]].drop_duplicates()
+    clash = pairs.idempotency_key[pairs.idempotency_key.duplicated()]
+    if len(clash):  # e.g. batch "a:b" + supplier "c" and batch "a" + supplier "b:c"
+        raise LedgerError(f"plan_instructions: key(s) {clash.head(3).tolist()} would aggregate credits of "
+                          "different (micro-batch, supplier) pairs; a batch id must not contain ':'")
     ci = c.groupby("idempotency_key", sort=True).agg(
         borrower_id=("supplier_id", "first"), amount_fen=("amount_fen", "sum"), source_batch=("batch_id", "first"),
     ).reset_index()

@@ -29,11 +29,14 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+import math
 import os
 import signal
 import urllib.error
 import urllib.request
+from collections import Counter
 from dataclasses import dataclass
+from itertools import repeat
 
 import numpy as np
 import pandas as pd
@@ -76,6 +79,46 @@ def _insert_ignore(conn, table: sa.Table, rows: list[dict]) -> None:
         conn.execute(mod.insert(table).on_conflict_do_nothing(), rows)
     else:
         conn.execute(table.insert().prefix_with("IGNORE"), rows)
+
+
+def _mark(conn) -> str:
+    """The DBAPI's positional placeholder (sqlite3: ``?``; psycopg, PyMySQL: ``%s``)."""
+    style = conn.dialect.paramstyle
+    if style not in ("qmark", "format", "pyformat"):
+        raise DisbursementError(f"driver {conn.dialect.driver!r} uses paramstyle {style!r}; the ledger writes "
+                                "plain DBAPI statements with qmark or format placeholders")
+    return "?" if style == "qmark" else "%s"
+
+
+def _bulk_insert(conn, table: sa.Table, columns: dict[str, list], const: dict[str, object]) -> None:
+    """Insert one row per position of ``columns`` (name → list of plain values), each row also
+    getting ``const``: plain tuples through the DBAPI ``executemany``, so SQLAlchemy does not build
+    and process a parameter dict per row. Constraints and triggers apply as to any insert."""
+    if not columns or not len(next(iter(columns.values()))):
+        return
+
+    names = [*columns, *const]
+    bind = {n: table.c[n].type.dialect_impl(conn.dialect).bind_processor(conn.dialect) for n in names}
+    varying = [v if bind[n] is None else list(map(bind[n], v)) for n, v in columns.items()]
+    fixed = [v if bind[n] is None else bind[n](v) for n, v in const.items()]  # e.g. a datetime for SQLite
+    rows = list(zip(*varying, *map(repeat, fixed)))
+    q = conn.dialect.identifier_preparer
+    conn.exec_driver_sql(f"INSERT INTO {q.format_table(table)} ({', '.join(q.quote(n) for n in names)}) "
+                         f"VALUES ({', '.join([_mark(conn)] * len(names))})", rows)
+
+
+def _where_in(conn, table: sa.Table, column: str, keys: list, *, delete: bool = False) -> list[tuple]:
+    """``SELECT column`` (or ``DELETE``) from ``table`` where ``column`` is one of ``keys``, 5,000
+    keys a statement, as plain DBAPI statements (no per-key SQLAlchemy bind parameters)."""
+    q, rows = conn.dialect.identifier_preparer, []
+    head = "DELETE" if delete else f"SELECT {q.quote(column)}"
+    for i in range(0, len(keys), 5_000):
+        part = tuple(keys[i:i + 5_000])
+        res = conn.exec_driver_sql(f"{head} FROM {q.format_table(table)} WHERE {q.quote(column)} IN "
+                                   f"({', '.join([_mark(conn)] * len(part))})", part)
+        if res.returns_rows:
+            rows += res.all()
+    return rows
 
 
 # --------------------------------------------------------------------------------------------
@@ -148,25 +191,22 @@ def upsert_limits(w: Warehouse, frame: pd.DataFrame) -> None:
 # posting
 
 
-def _chunks(instructions: pd.DataFrame, size: int) -> list[pd.DataFrame]:
-    """Consecutive whole borrowers, about ``size`` instructions each (limits are per borrower)."""
+def _chunks(instructions: pd.DataFrame, size: int) -> list[tuple[int, int]]:
+    """Row ranges of consecutive whole borrowers, about ``size`` instructions each (limits are per borrower)."""
     if instructions.empty:
         return []
-    borrower = instructions.borrower_type + "\x00" + instructions.borrower_id
-    starts = np.flatnonzero(np.r_[True, borrower.to_numpy()[1:] != borrower.to_numpy()[:-1]])
+    borrower = (instructions.borrower_type + "\x00" + instructions.borrower_id).to_numpy()
+    starts = np.flatnonzero(np.r_[True, borrower[1:] != borrower[:-1]])
     out, begin = [], 0
-    for s in list(starts[1:]) + [len(instructions)]:
+    for s in [*starts[1:].tolist(), len(instructions)]:
         if s - begin >= size or s == len(instructions):
-            out.append(instructions.iloc[begin:s])
+            out.append((begin, s))
             begin = s
     return out
 
 
 def _existing(conn, table: sa.Table, column: str, keys: list[str]) -> set[str]:
-    found: set[str] = set()
-    for i in range(0, len(keys), 5_000):
-        found.update(conn.execute(sa.select(table.c[column]).where(table.c[column].in_(keys[i:i + 5_000]))).scalars())
-    return found
+    return {r[0] for r in _where_in(conn, table, column, keys)}
 
 
 @dataclass
@@ -179,12 +219,56 @@ class _Totals:
     already: int = 0
 
 
+@dataclass
+class _Plan:
+    """The instructions to post with their items and legs as plain lists, converted from pandas
+    once: instruction ``j``'s items are ``items[item_at[j]:item_at[j + 1]]``, its legs likewise."""
+
+    frame: pd.DataFrame  # the instructions (for :func:`lending.disbursement.apply_limits`)
+    ins: dict[str, list]
+    items: dict[str, list]
+    item_at: list[int]
+    legs: dict[str, list]
+    leg_at: list[int]
+
+    @classmethod
+    def of(cls, todo: pd.DataFrame, items: pd.DataFrame, legs: pd.DataFrame) -> _Plan:
+        n = len(todo)
+        ipos = pd.Index(todo.instruction_id).get_indexer(items.instruction_id)
+        io = np.argsort(ipos, kind="stable")
+        io = io[ipos[io] >= 0]  # items of instructions posted earlier are not ours to post
+        lpos = pd.Index("disb:" + todo.idempotency_key).get_indexer(legs.entry_id)  # entry per instruction
+        if (lpos < 0).any():
+            raise DisbursementError(f"legs of unknown entries: {legs.entry_id[lpos < 0].head(3).tolist()}")
+        lo = np.argsort(lpos, kind="stable")
+        at = np.arange(n + 1)
+        leg_cols = {c: legs[c].to_numpy()[lo].tolist() for c in legs.columns}
+        leg_cols["instruction_id"] = todo.instruction_id.to_numpy()[lpos[lo]].tolist()
+        return cls(frame=todo, ins={c: todo[c].tolist() for c in todo.columns},
+                   items={c: items[c].to_numpy()[io].tolist() for c in items.columns},
+                   item_at=np.searchsorted(ipos[io], at).tolist(), legs=leg_cols,
+                   leg_at=np.searchsorted(lpos[lo], at).tolist())
+
+    def take(self, rows: range | list[int]) -> tuple[dict[str, list], dict[str, list], dict[str, list]]:
+        """Instruction, item and leg columns of the instructions at ``rows``."""
+        if isinstance(rows, range):  # contiguous: slices
+            a, b = rows.start, rows.stop
+            return ({c: v[a:b] for c, v in self.ins.items()},
+                    {c: v[self.item_at[a]:self.item_at[b]] for c, v in self.items.items()},
+                    {c: v[self.leg_at[a]:self.leg_at[b]] for c, v in self.legs.items()})
+        ii = [i for j in rows for i in range(self.item_at[j], self.item_at[j + 1])]
+        li = [i for j in rows for i in range(self.leg_at[j], self.leg_at[j + 1])]
+        return ({c: [v[j] for j in rows] for c, v in self.ins.items()},
+                {c: [v[i] for i in ii] for c, v in self.items.items()},
+                {c: [v[i] for i in li] for c, v in self.legs.items()})
+
+
 def post_instructions(interval_end: dt.datetime, *, scope: str, holder: str, run_id: str,
                       warehouse: Warehouse | None = None, chunk_size: int = CHUNK_INSTRUCTIONS) -> dict:
     """Post everything payable up to ``interval_end`` that has no instruction yet.
 
     Returns counts and the ``cutoff`` (the decisions this run could see) for reconciliation."""
-    from lending.disbursement import plan_instructions
+    from lending.disbursement import check_balanced, disbursement_legs, plan_instructions
 
     w = warehouse or Warehouse.from_conn()
     w.metadata.create_all(w.engine, checkfirst=True)
@@ -195,11 +279,13 @@ def post_instructions(interval_end: dt.datetime, *, scope: str, holder: str, run
     with w.engine.connect() as conn:
         done = _existing(conn, w.lending["payment_instructions"], "instruction_id", instructions.instruction_id.tolist())
     todo = instructions[~instructions.instruction_id.isin(done)].reset_index(drop=True)
+    legs = disbursement_legs(todo)
+    check_balanced(legs)  # every entry of the plan, before any of it is posted
+    plan = _Plan.of(todo, items, legs)
     totals, held = _Totals(already=len(done)), {"frozen": 0, "over_limit": 0}
     failpoint = os.environ.get(FAILPOINT_ENV, "")
-    for chunk in _chunks(todo, chunk_size):
-        chunk_items = items[items.instruction_id.isin(chunk.instruction_id)]
-        h = _post_chunk(w, chunk, chunk_items, scope=scope, fence=fence, run_id=run_id, totals=totals)
+    for begin, end in _chunks(todo, chunk_size):
+        h = _post_chunk(w, plan, range(begin, end), scope=scope, fence=fence, run_id=run_id, totals=totals)
         for k, v in h.items():
             held[k] += v
         totals.chunks += 1
@@ -213,16 +299,39 @@ def post_instructions(interval_end: dt.datetime, *, scope: str, holder: str, run
             "held_frozen": held["frozen"], "held_over_limit": held["over_limit"]}
 
 
-def _post_chunk(w: Warehouse, chunk: pd.DataFrame, chunk_items: pd.DataFrame, *, scope: str, fence: int,
-                run_id: str, totals: _Totals) -> dict[str, int]:
-    from lending.disbursement import apply_limits, check_balanced, disbursement_legs, receivable_account
+def _limit_holds(plan: _Plan, rows: range | list[int], headroom: dict[tuple[str, str], int],
+                 frozen: dict[tuple[str, str], bool]) -> dict[int, str]:
+    """Why each held instruction of ``rows`` is held (by row), from
+    :func:`lending.disbursement.apply_limits`; empty when every one may be posted."""
+    from lending.disbursement import apply_limits
+
+    ins = plan.ins
+    need: dict[tuple[str, str], int] = {}
+    for j in rows:
+        k = (ins["borrower_type"][j], ins["borrower_id"][j])
+        need[k] = need.get(k, 0) + ins["amount_fen"][j]
+    if not any(frozen[k] for k in need) and all(v <= headroom[k] for k, v in need.items()):
+        return {}  # every borrower's whole share fits (amounts are > 0): no prefix can be over
+    key = pd.MultiIndex.from_tuples(list(headroom))
+    hold = apply_limits(plan.frame.iloc[list(rows)], pd.Series(list(headroom.values()), index=key, dtype="int64"),
+                        pd.Series(list(frozen.values()), index=key, dtype=bool))
+    return {j: r for j, r in zip(rows, hold.tolist()) if isinstance(r, str)}
+
+
+def _post_chunk(w: Warehouse, plan: _Plan, rows: range, *, scope: str, fence: int, run_id: str,
+                totals: _Totals) -> dict[str, int]:
+    """One transaction: fence, lock the borrowers' accounts, check limits, post the instructions at
+    ``rows`` of ``plan`` that fit, hold the others; returns the held count per reason."""
+    from lending.disbursement import CLEARING, receivable_account
 
     t = w.lending
     acc, ctl, bl = t["ledger_accounts"], t["credit_controls"], t["borrower_limits"]
     now = _now()
-    borrowers = chunk[["borrower_type", "borrower_id"]].drop_duplicates()
-    accounts = sorted(receivable_account(bt, b) for bt, b in borrowers.itertuples(index=False))
-    acct_of = {receivable_account(bt, b): (bt, b) for bt, b in borrowers.itertuples(index=False)}
+    ids_of = plan.ins["instruction_id"]
+    borrowers = list(dict.fromkeys(zip(plan.ins["borrower_type"][rows.start:rows.stop],
+                                       plan.ins["borrower_id"][rows.start:rows.stop])))
+    acct_of = {receivable_account(bt, b): (bt, b) for bt, b in borrowers}
+    accounts = sorted(acct_of)
     with w.engine.begin() as conn:
         _check_fence(conn, w, scope, fence)  # first statement a write: SQLite takes its write lock here
         _insert_ignore(conn, acc, [{"account": a, "borrower_type": acct_of[a][0], "borrower_id": acct_of[a][1],
@@ -230,65 +339,53 @@ def _post_chunk(w: Warehouse, chunk: pd.DataFrame, chunk_items: pd.DataFrame, *,
         balance = {}
         for i in range(0, len(accounts), 5_000):
             q = sa.select(acc.c.account, acc.c.balance_fen).where(acc.c.account.in_(accounts[i:i + 5_000]))
-            balance.update(conn.execute(q.order_by(acc.c.account).with_for_update()).tuples().all())
+            balance.update(conn.execute(q.order_by(acc.c.account).with_for_update()).all())
         # a concurrent run may have posted some of these while we waited for the locks
-        already = _existing(conn, t["payment_instructions"], "instruction_id", chunk.instruction_id.tolist())
+        already = _existing(conn, t["payment_instructions"], "instruction_id", ids_of[rows.start:rows.stop])
         if already:
             totals.already += len(already)
-            chunk = chunk[~chunk.instruction_id.isin(already)]
-            chunk_items = chunk_items[chunk_items.instruction_id.isin(chunk.instruction_id)]
-        ids = borrowers.borrower_id.tolist()
-        limits = pd.DataFrame(conn.execute(sa.select(bl.c.borrower_type, bl.c.borrower_id, bl.c.limit_fen).where(
-            bl.c.borrower_id.in_(ids))).all(), columns=["borrower_type", "borrower_id", "limit_fen"])
-        controls = pd.DataFrame(conn.execute(sa.select(ctl.c.borrower_type, ctl.c.borrower_id, ctl.c.frozen,
-                                                       ctl.c.limit_cut).where(ctl.c.borrower_id.in_(ids))).all(),
-                                columns=["borrower_type", "borrower_id", "frozen", "limit_cut"])
-        key = ["borrower_type", "borrower_id"]
-        b = borrowers.merge(limits, on=key, how="left").merge(controls, on=key, how="left")
-        b["limit_fen"] = b.limit_fen.fillna(0).astype("int64")
-        b["limit_cut"] = b.limit_cut.fillna(1.0).astype(float)
-        b["frozen"] = b.frozen.fillna(False).astype(bool)
-        b["drawn"] = [balance[receivable_account(r.borrower_type, r.borrower_id)] for r in b.itertuples()]
-        b["headroom"] = np.floor(b.limit_fen * b.limit_cut).astype("int64") - b.drawn.astype("int64")
-        bidx = pd.MultiIndex.from_frame(b[key])
-        hold = apply_limits(chunk, pd.Series(b.headroom.to_numpy(), index=bidx),
-                            pd.Series(b.frozen.to_numpy(), index=bidx))
-        post, held = chunk[hold.isna()], chunk[hold.notna()]
-        post_items = chunk_items[chunk_items.instruction_id.isin(post.instruction_id)]
-        legs = disbursement_legs(post)
-        check_balanced(legs)
-        legs["instruction_id"] = np.concatenate([post.instruction_id.to_numpy()] * 2)
-        legs["posted_at"] = now
-        if len(post):
-            conn.execute(t["payment_instructions"].insert(), post.assign(run_id=run_id, fence=fence, created_at=now)
-                         .to_dict("records"))
-            conn.execute(t["instruction_items"].insert(), post_items.to_dict("records"))
-            conn.execute(t["ledger_postings"].insert(), legs.to_dict("records"))
-            conn.execute(t["payment_outbox"].insert(), [
-                {"instruction_id": r.instruction_id, "idempotency_key": r.idempotency_key,
-                 "payee_type": r.borrower_type, "payee_id": r.borrower_id, "amount_fen": int(r.amount_fen),
-                 "status": "pending", "attempts": 0, "created_at": now} for r in post.itertuples()])
-            delta = legs[legs.account != "payments_clearing"].groupby("account").debit_fen.sum()
+            rows = [j for j in rows if ids_of[j] not in already]
+        ids = [b for _, b in borrowers]
+        limit = {(bt, b): lim for bt, b, lim in conn.execute(
+            sa.select(bl.c.borrower_type, bl.c.borrower_id, bl.c.limit_fen).where(bl.c.borrower_id.in_(ids)))}
+        control = {(bt, b): (bool(fr), float(cut)) for bt, b, fr, cut in conn.execute(
+            sa.select(ctl.c.borrower_type, ctl.c.borrower_id, ctl.c.frozen, ctl.c.limit_cut).where(
+                ctl.c.borrower_id.in_(ids)))}
+        headroom = {k: math.floor(limit.get(k, 0) * control.get(k, (False, 1.0))[1]) - balance[receivable_account(*k)]
+                    for k in borrowers}
+        hold = _limit_holds(plan, rows, headroom, {k: control.get(k, (False, 1.0))[0] for k in borrowers})
+        post = [j for j in rows if j not in hold] if hold else rows
+        ins, items, legs = plan.take(post)
+        if ins["instruction_id"]:
+            _bulk_insert(conn, t["payment_instructions"], ins, {"run_id": run_id, "fence": fence, "created_at": now})
+            _bulk_insert(conn, t["instruction_items"], items, {})
+            _bulk_insert(conn, t["ledger_postings"], legs, {"posted_at": now})
+            _bulk_insert(conn, t["payment_outbox"], {
+                "instruction_id": ins["instruction_id"], "idempotency_key": ins["idempotency_key"],
+                "payee_type": ins["borrower_type"], "payee_id": ins["borrower_id"], "amount_fen": ins["amount_fen"],
+            }, {"status": "pending", "attempts": 0, "created_at": now})
+            delta: dict[str, int] = {}
+            for a, d, c in zip(legs["account"], legs["debit_fen"], legs["credit_fen"]):
+                if a != CLEARING:  # the house accounts keep no running balance
+                    delta[a] = delta.get(a, 0) + d - c
             conn.execute(sa.update(acc).where(acc.c.account == sa.bindparam("a")).values(
                 balance_fen=acc.c.balance_fen + sa.bindparam("d"), updated_at=now),
-                [{"a": a, "d": int(d)} for a, d in delta.items()])
+                [{"a": a, "d": d} for a, d in delta.items()])
         ph = t["payment_holds"]
-        keys = chunk_items.item_key.tolist()
-        for i in range(0, len(keys), 5_000):
-            conn.execute(sa.delete(ph).where(ph.c.item_key.in_(keys[i:i + 5_000])))
-        if len(held):
-            reason = pd.Series(hold[hold.notna()].to_numpy(), index=held.instruction_id.to_numpy())
-            hi = chunk_items[chunk_items.instruction_id.isin(held.instruction_id)].merge(
-                held[["instruction_id", "borrower_type", "borrower_id"]], on="instruction_id")
+        _where_in(conn, ph, "item_key", plan.take(rows)[1]["item_key"], delete=True)
+        if hold:
+            held_ins, held_items, _ = plan.take(list(hold))
+            owner = dict(zip(held_ins["instruction_id"], zip(held_ins["borrower_type"], held_ins["borrower_id"],
+                                                               [hold[j] for j in hold])))
             conn.execute(ph.insert(), [
-                {"item_key": r.item_key, "borrower_type": r.borrower_type, "borrower_id": r.borrower_id,
-                 "amount_fen": int(r.amount_fen), "reason": reason[r.instruction_id], "run_id": run_id,
-                 "checked_at": now} for r in hi.itertuples()])
-    totals.instructions += len(post)
-    totals.items += len(post_items)
-    totals.postings += len(legs)
-    totals.amount_fen += int(post.amount_fen.sum())
-    return held.assign(r=hold[hold.notna()].to_numpy()).r.value_counts().to_dict() if len(held) else {}
+                {"item_key": k, "borrower_type": owner[i][0], "borrower_id": owner[i][1], "amount_fen": a,
+                 "reason": owner[i][2], "run_id": run_id, "checked_at": now}
+                for k, i, a in zip(held_items["item_key"], held_items["instruction_id"], held_items["amount_fen"])])
+    totals.instructions += len(ins["instruction_id"])
+    totals.items += len(items["item_key"])
+    totals.postings += len(legs["entry_id"])
+    totals.amount_fen += sum(ins["amount_fen"])
+    return dict(Counter(hold.values()))
 
 
 def _drop_stale_holds(w: Warehouse, payable_keys: set[str], run_id: str) -> None:
