@@ -181,9 +181,9 @@ def _dealer_limits(dealers: pd.DataFrame, policy: ApprovalPolicy) -> pd.DataFram
                                  f"; dealers {_bad_rows(dealers, unknown, 'dealer_id')} have "
                                  f"{_sample(tiers[unknown].tolist())}")
     cut = pd.to_numeric(dealers["limit_cut"], errors="coerce").to_numpy(dtype=float, na_value=np.nan)
-    bad = ~np.isfinite(cut) | (cut <= 0) | (cut > 1)
+    bad = ~np.isfinite(cut) | (cut < 0) | (cut > 1)  # 0: the red early-warning action (no new limit)
     if bad.any():
-        raise DecisionInputError(f"dealers.limit_cut: expected a multiplier in (0, 1]; dealers "
+        raise DecisionInputError(f"dealers.limit_cut: expected a multiplier in [0, 1]; dealers "
                                  f"{_bad_rows(dealers, bad, 'dealer_id')} have {_sample(cut[bad].tolist())}")
     outstanding = _ints(dealers, "outstanding_fen", "dealers", "dealer_id", minimum=0)
     # the cut as written (its shortest repr), exactly: 3_000_000 fen x 0.7 is 2_100_000, not 2_099_999

@@ -16,7 +16,7 @@ through that date), so a retry or a re-run replaces its own rows:
   sends nothing: the ``alerts`` table records it), listing new and escalated names.
 - :func:`monitor_models`: PSI of each champion's score and of every feature against its training
   window (bands 0.10 / 0.25), AUC once labels have matured; a retrain is requested when the score
-  shifts significantly, when many features do, or when matured AUC falls below the OOT AUC.
+  shifts significantly (PSI > 0.25) or when matured AUC falls below the OOT AUC by more than 0.05.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ import sqlalchemy as sa
 
 from chainlend.lending_ops import SUPPLIER_CREDIT_TERM_DAYS, LendingOpsError, champion
 from chainlend.systems import Warehouse
+from sources.contract import table as contract_table
 
 log = logging.getLogger(__name__)
 
@@ -42,9 +43,13 @@ ERP_FRAMES = ("erp.suppliers", "erp.parts", "erp.bom", "erp.sub_bom", "erp.produ
               "erp.vehicle_models", "erp.orders", "erp.line_off_events")
 DEFAULT_CREDIT_OPS = ["credit-ops@bank.example"]
 FAMILIES = ("dealer_pd", "supplier_pd", "post_loan_behaviour")
-# retrain triggers (the PSI bands are models.metrics.PSI_INVESTIGATE / PSI_SIGNIFICANT)
-RETRAIN_FEATURE_SHARE = 0.30  # share of features with a significant PSI
-RETRAIN_AUC_DROP = 0.05  # matured AUC below the version's OOT AUC by more than this
+# retrain triggers (the PSI bands are models.metrics.PSI_INVESTIGATE / PSI_SIGNIFICANT). Feature
+# PSI is reported per feature and band for investigation but does not trigger a retrain by
+# itself: some features drift by construction (tenure, history length) while the score holds.
+RETRAIN_AUC_DROP = 0.05
+# no new request while the family's newest version was trained on data this recent (the weekly
+# run and a pending request cover it; requesting again every day would retrain in a loop)
+RETRAIN_COOLDOWN_DAYS = 14  # matured AUC below the version's OOT AUC by more than this
 MIN_MATURED_BADS = 5
 BASELINE_SAMPLE = 50_000
 DEALER_MONITOR_DAYS = 30  # the dealer_pd population: applications of the last 30 days
@@ -110,25 +115,58 @@ def post_repayments(business_date: dt.date, warehouse: Warehouse | None = None) 
 # early warning
 
 
+DOUBLE_FINANCING_COLUMNS = ("dealer_id", "requested_fen", "applied_at")
+
+
 def duplicate_vins(w: Warehouse) -> pd.DataFrame:
-    """VINs the quality gate quarantined as duplicates in dealer tables: ``vin, dealer_id, detected_at``."""
+    """Double-financing attempts the quality gate caught: ``vin, dealer_id, detected_at``.
+
+    A loan application quarantined as a duplicate VIN (``unique_vin``) counts when it differs
+    from another application for the same VIN (published or quarantined) in dealer, requested
+    amount or application time: a second loan asked for a car already pledged. A copy that
+    differs only in its key is a technical duplicate (the system re-sent a row): the data owner
+    gets the quality alert, the dealer no early warning. ``detected_at`` is the source's
+    ``updated_at`` of the quarantined row (business time; the quarantine's own timestamp is
+    processing time, which a back-fill can put anywhere)."""
     q = w.quarantine
     with w.engine.connect() as conn:
-        rows = conn.execute(sa.select(q.c.row_json, q.c.quarantined_at).where(
-            q.c.source == "dealer", q.c.table_name.in_(["inventory", "loan_applications", "sales"]),
-            q.c.reasons.like("%unique%vin%"))).all()
-    out = []
-    for raw, at in rows:
-        row = json.loads(raw)
-        if row.get("vin") and row.get("dealer_id"):
-            out.append({"vin": str(row["vin"]), "dealer_id": str(row["dealer_id"]), "detected_at": at})
-    return pd.DataFrame(out, columns=["vin", "dealer_id", "detected_at"])
+        rows = conn.execute(sa.select(q.c.row_json).where(
+            q.c.source == "dealer", q.c.table_name == "loan_applications", q.c.reasons.like("%unique_vin%"))).all()
+    cols = ["vin", "dealer_id", "detected_at"]
+    quarantined = pd.DataFrame([json.loads(r) for (r,) in rows])
+    if quarantined.empty or not {"vin", *DOUBLE_FINANCING_COLUMNS, "updated_at", "application_id"} <= set(
+            quarantined.columns):
+        return pd.DataFrame(columns=cols)
+    quarantined = quarantined.dropna(subset=["vin", "dealer_id", "updated_at"])
+    pub = w.published(contract_table("dealer", "loan_applications"))
+    vins = quarantined.vin.astype(str).unique().tolist()
+    with w.engine.connect() as conn:
+        published = pd.concat([pd.read_sql(sa.select(pub.c.application_id, pub.c.vin, *[
+            pub.c[c] for c in DOUBLE_FINANCING_COLUMNS]).where(pub.c.vin.in_(vins[i:i + 5_000])), conn)
+            for i in range(0, len(vins), 5_000)] or [pd.DataFrame()], ignore_index=True)
+    every = pd.concat([quarantined[["application_id", "vin", *DOUBLE_FINANCING_COLUMNS]], published],
+                      ignore_index=True).astype(str).drop_duplicates()
+    # per VIN: how many distinct (dealer, amount, time) versions its applications have
+    versions = every.drop_duplicates(["vin", *DOUBLE_FINANCING_COLUMNS]).groupby("vin").size()
+    flagged = quarantined[quarantined.vin.astype(str).map(versions).fillna(0).to_numpy() >= 2]
+    return pd.DataFrame({"vin": flagged.vin.astype(str), "dealer_id": flagged.dealer_id.astype(str),
+                         "detected_at": pd.to_datetime(flagged.updated_at)}, columns=cols).reset_index(drop=True)
 
 
 def _live_loans(frames: dict, as_of: dt.date) -> pd.DataFrame:
+    """The performing book the behaviour model scores: outstanding loans not yet
+    ``DEALER_GRACE_DAYS`` past due (the population it was trained on; later ones are in default)."""
+    from features.definitions import DEALER_GRACE_DAYS
     from lending.early_warning import loan_dpd
 
-    return loan_dpd(frames, as_of)
+    loans = loan_dpd(frames, as_of)
+    return loans[loans.dpd < DEALER_GRACE_DAYS].reset_index(drop=True)
+
+
+def _pd_only(model, X: pd.DataFrame) -> np.ndarray:
+    """PDs from a pyfunc ``PdModel`` without the per-row contributions (reason codes are not
+    needed for monitoring, and SHAP is most of the scoring time)."""
+    return model.unwrap_python_model().candidate.predict_pd(X)
 
 
 def _previous_levels(w: Warehouse, as_of: dt.date) -> pd.DataFrame:
@@ -162,11 +200,16 @@ def early_warning(business_date: dt.date, warehouse: Warehouse | None = None) ->
         feats = post_loan_features(frames, pd.DataFrame({"application_id": loans.application_id.to_numpy(),
                                                          "as_of": pd.Timestamp(as_of)}))
         X = feats[feature_names("post_loan_behaviour")].astype("float64").reset_index(drop=True)
-        pds = model.predict(X)["pd"].to_numpy()
+        pds = _pd_only(model, X)
         scored = pd.DataFrame({"as_of": business_date, "application_id": loans.application_id.to_numpy(),
                                "dealer_id": loans.dealer_id.to_numpy(), "pd": pds, "model_version": str(version)})
-    scores = (scored.groupby("dealer_id").pd.max().rename("score").reset_index()
-              .rename(columns={"dealer_id": "borrower_id"}).assign(borrower_type="dealer"))
+    # a dealer's behaviour score: the exposure-weighted mean PD of its performing loans (the
+    # expected bad share of its book)
+    weight = loans.outstanding_fen.astype(float).to_numpy() if len(scored) else np.zeros(0)
+    wsum = pd.Series(weight, index=scored.index).groupby(scored.dealer_id).sum()
+    wpd = pd.Series(weight * scored.pd.to_numpy(dtype=float), index=scored.index).groupby(scored.dealer_id).sum()
+    scores = (wpd / wsum).rename("score").reset_index().rename(columns={"dealer_id": "borrower_id"}).assign(
+        borrower_type="dealer")
     signals = pd.concat([
         ew.dealer_signals(frames, as_of, cfg, duplicate_vins=duplicate_vins(w)),
         ew.supplier_signals(frames, as_of, cfg),
@@ -347,6 +390,25 @@ def _current_population(family: str, frames: dict, as_of: dt.date, w: Warehouse)
     return feats[names], pd.Series(dtype=float)  # supplier labels mature after the 12-month horizon
 
 
+def retrain_thresholds(environ: dict[str, str] | None = None) -> tuple[float, int]:
+    """(score PSI above which a retrain is requested, cooldown days): ``CHAINLEND_RETRAIN_SCORE_PSI``
+    (default 0.25, the significant band) and ``CHAINLEND_RETRAIN_COOLDOWN_DAYS`` (default 14)."""
+    import os
+
+    from models.metrics import PSI_SIGNIFICANT
+
+    env = os.environ if environ is None else environ
+    try:
+        psi_limit = float(env.get("CHAINLEND_RETRAIN_SCORE_PSI", PSI_SIGNIFICANT))
+        cooldown = int(env.get("CHAINLEND_RETRAIN_COOLDOWN_DAYS", RETRAIN_COOLDOWN_DAYS))
+    except ValueError as exc:
+        raise ValueError(f"CHAINLEND_RETRAIN_SCORE_PSI must be a number and CHAINLEND_RETRAIN_COOLDOWN_DAYS an "
+                         f"integer: {exc}") from exc
+    if psi_limit < 0 or cooldown < 0:
+        raise ValueError(f"retrain thresholds must be >= 0, got PSI {psi_limit}, cooldown {cooldown} days")
+    return psi_limit, cooldown
+
+
 def monitor_models(business_date: dt.date, warehouse: Warehouse | None = None) -> dict:
     """PSI of score and features against each champion's training window; matured AUC; retrain."""
     from chainlend import model_ops
@@ -359,6 +421,7 @@ def monitor_models(business_date: dt.date, warehouse: Warehouse | None = None) -
     frames = w.read_frames(DEALER_FRAMES + ERP_FRAMES)
     labels = _matured_labels(frames, pd.Timestamp(as_of))
     reg = model_ops.registry()
+    psi_limit, cooldown = retrain_thresholds()
     rows, summary, retrain = [], {}, []
     for family in FAMILIES:
         try:
@@ -380,10 +443,9 @@ def monitor_models(business_date: dt.date, warehouse: Warehouse | None = None) -
         if Xc.empty:
             summary[family] = {"status": "no population to score"}
             continue
-        score_psi = m.psi(model.predict(Xb)["pd"].to_numpy(), model.predict(Xc)["pd"].to_numpy())
+        score_psi = m.psi(_pd_only(model, Xb), _pd_only(model, Xc))
         fpsi = m.feature_psi(Xb, Xc, names)
         bands = fpsi.map(m.psi_band)
-        significant_share = float((bands == "significant").mean())
         matured = past_scores.index.intersection(labels.index)
         y = labels[matured]
         auc = None
@@ -391,13 +453,20 @@ def monitor_models(business_date: dt.date, warehouse: Warehouse | None = None) -
             auc = float(m.auc(y.to_numpy(), past_scores[matured].to_numpy()))
         oot_auc = float(json.loads(tags["oot_metrics"])["auc"])
         reasons = []
-        if m.psi_band(score_psi) == "significant":
-            reasons.append(f"score PSI {score_psi:.3f} > {m.PSI_SIGNIFICANT}")
-        if significant_share >= RETRAIN_FEATURE_SHARE:
-            reasons.append(f"{significant_share:.0%} of features with PSI > {m.PSI_SIGNIFICANT}")
+        if score_psi > psi_limit:
+            reasons.append(f"score PSI {score_psi:.3f} > {psi_limit}")
         if auc is not None and auc < oot_auc - RETRAIN_AUC_DROP:
             reasons.append(f"matured AUC {auc:.3f} < OOT AUC {oot_auc:.3f} − {RETRAIN_AUC_DROP}")
-        if reasons:
+        newest = reg.version(family, "challenger") or version
+        trained_on = dt.date.fromisoformat(reg.tags(family, newest)["as_of"][:10])
+        if reasons and (business_date - trained_on).days < cooldown:
+            # a version trained on recent data exists: the drift is recorded, the request waits
+            reasons = [f"{r} (no request: v{newest} was trained on data to {trained_on}, "
+                       f"within {cooldown} days)" for r in reasons]
+            requested = False
+        else:
+            requested = bool(reasons)
+        if requested:
             retrain.append(family)
         rows.append({"family": family, "metric": "score_psi", "model_version": str(version), "value": score_psi,
                      "band": m.psi_band(score_psi), "detail": None})
@@ -407,11 +476,12 @@ def monitor_models(business_date: dt.date, warehouse: Warehouse | None = None) -
                      "band": None, "detail": f"{len(matured)} matured loans, {int(y.sum())} bad" if len(matured)
                      else "labels not matured yet"})
         rows.append({"family": family, "metric": "retrain", "model_version": str(version),
-                     "value": float(bool(reasons)), "band": None, "detail": "; ".join(reasons) or None})
+                     "value": float(requested), "band": None, "detail": "; ".join(reasons) or None})
         summary[family] = {"version": str(version), "score_psi": round(score_psi, 4), "band": m.psi_band(score_psi),
                            "features_significant": int((bands == "significant").sum()),
                            "features_investigate": int((bands == "investigate").sum()),
-                           "auc_matured": None if auc is None else round(auc, 4), "retrain": reasons}
+                           "auc_matured": None if auc is None else round(auc, 4), "drift": reasons,
+                           "retrain_requested": requested}
         _log_monitoring_run(family, str(version), business_date, score_psi, fpsi, auc)
     frame = pd.DataFrame(rows, columns=["family", "metric", "model_version", "value", "band", "detail"])
     with w.engine.begin() as conn:

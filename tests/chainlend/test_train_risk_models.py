@@ -359,9 +359,10 @@ def rail(tmp_path, monkeypatch):
 
 
 def _craft_red_dealer(trained, nxt: dt.date) -> tuple[str, str]:
-    """In the dealer source on ``nxt``: a second inventory row for one of a dealer's VINs (the gate
-    quarantines it as a duplicate VIN) and a new application of that dealer. Returns
-    ``(dealer_id, application_id)``; the dealer has approved loans not yet paid out."""
+    """In the dealer source on ``nxt``, for a dealer with approved loans not yet paid out: two loan
+    applications for one car in its stock, with different amounts and times (a double-financing
+    attempt; the gate quarantines both as duplicate VINs), and a clean new application for
+    another car. Returns ``(dealer_id, the clean application's id)``."""
     import sqlalchemy as sa
 
     df = _decisions(trained["urls"])
@@ -371,20 +372,25 @@ def _craft_red_dealer(trained, nxt: dt.date) -> tuple[str, str]:
         inv = conn.execute(sa.text("SELECT * FROM inventory WHERE dealer_id = :d AND vin NOT IN "
                                    "(SELECT vin FROM loan_applications) ORDER BY vin"), {"d": dealer}).mappings().all()
         assert len(inv) >= 2, "the dealer needs two unfinanced cars in stock"
-        dup = dict(inv[0])
-        dup.update(acquired_at=dt.datetime.combine(nxt, dt.time(9)), updated_at=dt.datetime.combine(nxt, dt.time(9, 1)))
-        conn.execute(sa.text(f"INSERT INTO inventory ({', '.join(dup)}) VALUES ({', '.join(':' + k for k in dup)})"), dup)
-        app = dict(conn.execute(sa.text("SELECT * FROM loan_applications WHERE dealer_id = :d LIMIT 1"),
-                                {"d": dealer}).mappings().one())
-        app_id = app["application_id"][:-4] + "T001"
-        app.update(application_id=app_id, vin=inv[1]["vin"], purchase_price_fen=inv[1]["purchase_price_fen"],
-                   appraised_value_fen=inv[1]["appraised_value_fen"],
-                   requested_fen=int(inv[1]["appraised_value_fen"] * 0.5) // 100 * 100,
-                   applied_at=dt.datetime.combine(nxt, dt.time(10)), updated_at=dt.datetime.combine(nxt, dt.time(10, 1)))
-        conn.execute(sa.text(f"INSERT INTO loan_applications ({', '.join(app)}) VALUES "
-                             f"({', '.join(':' + k for k in app)})"), app)
+        template = dict(conn.execute(sa.text("SELECT * FROM loan_applications WHERE dealer_id = :d LIMIT 1"),
+                                     {"d": dealer}).mappings().one())
+
+        def apply(car, suffix: str, hour: int, share: float) -> str:
+            app = dict(template)
+            app.update(application_id=template["application_id"][:-4] + suffix, vin=car["vin"],
+                       purchase_price_fen=car["purchase_price_fen"], appraised_value_fen=car["appraised_value_fen"],
+                       requested_fen=int(car["appraised_value_fen"] * share) // 100 * 100,
+                       applied_at=dt.datetime.combine(nxt, dt.time(hour)),
+                       updated_at=dt.datetime.combine(nxt, dt.time(hour, 1)))
+            conn.execute(sa.text(f"INSERT INTO loan_applications ({', '.join(app)}) VALUES "
+                                 f"({', '.join(':' + k for k in app)})"), app)
+            return app["application_id"]
+
+        apply(inv[0], "T001", 9, 0.5)
+        apply(inv[0], "T002", 15, 0.6)  # the same car again, later, for more
+        clean = apply(inv[1], "T003", 10, 0.5)
     src.dispose()
-    return dealer, app_id
+    return dealer, clean
 
 
 def test_daily_cycle_red_dealer_monitor_approve_disburse(trained, supplier_champion, mailbox, rail):
@@ -434,8 +440,29 @@ def test_daily_cycle_red_dealer_monitor_approve_disburse(trained, supplier_champ
     names = read("SELECT dealer_name, phone, owner_id_number FROM published_dealer_dealers WHERE dealer_id = :d",
                  d=dealer).iloc[0]
     assert all(str(v) not in body for v in names)  # masked: no raw names, phones or ID numbers
-    run_dag(monitor, nxt)  # a re-run of the same business date sends no second digest
+    # a re-run of the same business date sends no second digest; with the retrain limits at zero
+    # every champion counts as drifting and the run emits the retrain request asset
+    mp = pytest.MonkeyPatch()
+    mp.setenv("CHAINLEND_RETRAIN_SCORE_PSI", "0")
+    mp.setenv("CHAINLEND_RETRAIN_COOLDOWN_DAYS", "0")
+    try:
+        states = task_states(run_dag(monitor, nxt))
+    finally:
+        mp.undo()
+    assert states["request_retrain"] == "success", states
     assert len([m for m in mailbox.messages() if "early warning" in m["Subject"]]) == 1
+    from airflow.models.asset import AssetEvent, AssetModel
+    from airflow.utils.session import create_session
+
+    from chainlend.assets import RETRAIN_REQUEST
+
+    with create_session() as session:
+        events = session.query(AssetEvent).join(AssetModel, AssetEvent.asset_id == AssetModel.id).filter(
+            AssetModel.uri == RETRAIN_REQUEST.uri).count()
+    assert events >= 1
+    # ... on which train_risk_models is scheduled (as well as weekly)
+    condition = load_dag("train_risk_models").timetable.asset_condition
+    assert RETRAIN_REQUEST.uri in {a.uri for a in condition.objects}
 
     # the red dealer's new application is declined (frozen)
     assert set(task_states(run_dag(load_dag("approve_dealer_loans"), nxt)).values()) == {"success"}

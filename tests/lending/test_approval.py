@@ -71,6 +71,7 @@ def codes(row) -> list[str]:
     ({}, {"outstanding_fen": TIER1_LIMIT}, "R06"),
     ({}, {"outstanding_fen": TIER1_LIMIT - 9_999 * CNY}, "R06"),  # what is left is below the minimum loan
     ({}, {"outstanding_fen": TIER1_LIMIT // 2, "limit_cut": 0.5}, "R06"),  # early warning cut the limit
+    ({}, {"limit_cut": 0.0}, "R06"),  # red: no limit left (and frozen, R05, in practice)
 ])
 def test_each_hard_rule_declines_with_its_code(app_overrides, dealer_overrides, code):
     row = one(app_overrides, pd_value=0.01, **dealer_overrides)
@@ -359,7 +360,8 @@ def test_scores_may_be_keyed_by_column():
     (lambda a, s, d: (pd.concat([a, a.iloc[:1]]), s, d), r"apps.application_id: expected unique keys"),
     (lambda a, s, d: (a, s, pd.concat([d, d.iloc[:1]])), r"dealers.dealer_id: expected unique keys"),
     (lambda a, s, d: (a, s, d.assign(city_tier=5)), r"dealers.city_tier: expected one of \[1, 2, 3, 4\]"),
-    (lambda a, s, d: (a, s, d.assign(limit_cut=0.0)), r"dealers.limit_cut: expected a multiplier in \(0, 1\]"),
+    (lambda a, s, d: (a, s, d.assign(limit_cut=-0.1)), r"dealers.limit_cut: expected a multiplier in \[0, 1\]"),
+    (lambda a, s, d: (a, s, d.assign(limit_cut=1.5)), r"dealers.limit_cut: expected a multiplier in \[0, 1\]"),
     (lambda a, s, d: (a, s, d.assign(blocked=None)), r"dealers.blocked: expected booleans"),
     (lambda a, s, d: (a.assign(requested_fen=1.5), s, d), r"apps.requested_fen: expected whole numbers >= 1"),
     (lambda a, s, d: (a.assign(requested_fen=-100), s, d), r"apps.requested_fen: expected whole numbers >= 1"),
