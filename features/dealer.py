@@ -30,6 +30,7 @@ from features.definitions import (
     LONG_WINDOW,
     MID_WINDOW,
     OLD_STOCK_DAYS,
+    OVERDUE_NOW_MAX_DPD,
     SHORT_WINDOW,
     YEAR_WINDOW,
     feature_names,
@@ -176,8 +177,14 @@ class DealerPanel:
         bad = g.interval_sum(ln.dealer, matured_from, np.minimum(ln.bad_day + YEAR_WINDOW, ln.good_known))
         p["loans_matured_365d"] = matured
         p["bad_loan_share_365d"] = ratio(bad, matured)
-        p["overdue_loans_now"] = g.interval_sum(ln.dealer, np.maximum(ln.known, ln.due + 1), ln.repaid_known)
-        p["overdue_30_now"] = g.interval_sum(ln.dealer, np.maximum(ln.known, ln.bad_day), ln.repaid_known)
+        # overdue *now*: from the day after the due date until repaid, for at most
+        # OVERDUE_NOW_MAX_DPD days (a loan that long unpaid is non-performing and counted in
+        # bad_loan_share_365d; counting it forever made the feature grow with the book's age)
+        written_off = ln.due + 1 + OVERDUE_NOW_MAX_DPD
+        p["overdue_loans_now"] = g.interval_sum(ln.dealer, np.maximum(ln.known, ln.due + 1),
+                                                np.minimum(ln.repaid_known, written_off))
+        p["overdue_30_now"] = g.interval_sum(ln.dealer, np.maximum(ln.known, ln.bad_day),
+                                             np.minimum(ln.repaid_known, written_off))
         reps = require(frames, REPAYMENTS, ("dealer_id", "due_on", "paid_at", "updated_at"))
         paid, rep_known = timing(reps, REPAYMENTS)
         r_dealer = positions(self.index, reps["dealer_id"])

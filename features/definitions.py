@@ -26,6 +26,8 @@ SUPPLIER_BAD_MIN_COUNT = 2  # ... and at least two of them
 # windows (days before the as-of date)
 SHORT_WINDOW = 30
 MID_WINDOW = 90
+# a loan counts as "overdue now" for at most this many days past due (then it is non-performing)
+OVERDUE_NOW_MAX_DPD = 90
 LONG_WINDOW = 180
 YEAR_WINDOW = 365
 OLD_STOCK_DAYS = 60
@@ -61,8 +63,9 @@ _DEALER_LEVEL = (
                             "matured", "share"),
     ("late_repay_share_180d", "share of the dealer's repayments of the last 180 days paid after their due "
                               "date; NaN if none", "share"),
-    ("overdue_loans_now", "the dealer's loans past their due date and not repaid at the as-of date", "count"),
-    ("overdue_30_now", "the dealer's loans 30+ days past due and not repaid at the as-of date", "count"),
+    ("overdue_loans_now", "the dealer's loans 1-90 days past their due date and not repaid at the as-of date",
+     "count"),
+    ("overdue_30_now", "the dealer's loans 30-90 days past due and not repaid at the as-of date", "count"),
     ("audits_180d", "floor audits of the dealer in the last 180 days", "count"),
     ("audit_skips_180d", "floor audits the dealer skipped in the last 180 days", "count"),
     ("audit_missing_share_180d", "cars missing / cars expected at the completed audits of the last 180 days; "
@@ -117,7 +120,7 @@ FEATURES: dict[str, tuple[Feature, ...]] = {
         ("vehicle_sold", "1 if a sale of the financed car is known", "flag"),
         ("days_sold_unpaid", "days since the financed car was sold while the loan is unpaid (sold out of "
                              "trust); 0 if not sold", "days"),
-        ("dealer_overdue_loans_now", "the dealer's loans past due and not repaid", "count"),
+        ("dealer_overdue_loans_now", "the dealer's loans 1-90 days past due and not repaid", "count"),
         ("dealer_late_repays_since_drawdown", "late repayments of the dealer that became known since the "
                                               "drawdown", "count"),
         ("stock_change_since_drawdown", "cars on the dealer's lot now - at the drawdown", "count"),

@@ -43,9 +43,10 @@ import numpy as np
 import pandas as pd
 
 from features.dealer import APPLICATIONS, AUDITS, INVENTORY, SALES, Loans, dealer_index
-from features.frames import FeatureError, Frames, day_of, days_to_dates, positions, require, timing
+from features.frames import FeatureError, Frames, day_of, days_to_dates, require, timing
 from features.panel import NEVER, day_numbers, ratio
-from features.supplier import BOM, MEMOS, PAYABLES, PRODUCTION, RECEIPTS, Instalments, supplier_index
+from features.supplier import BOM, MEMOS, PAYABLES, PRODUCTION, RECEIPTS, SUB_BOM, Instalments, supplier_index
+from features.supplier import REPAYMENTS as SUPPLIER_REPAYMENTS
 
 DEALER = "dealer"
 SUPPLIER = "supplier"
@@ -258,8 +259,11 @@ class EarlyWarningConfig:
     overdue_share: float = 0.10  # of the instalments that reached the DPD in the lookback
     oem_drop_ratio: float = 0.6
     # behaviour score
-    score_yellow: float = 0.15
-    score_orange: float = 0.30
+    # on the PD scale of the behaviour model: calibrated on the simulator, where the performing
+    # book's exposure-weighted PD averages 0.16-0.23, so yellow is roughly the riskiest 15 % of
+    # dealers and orange the riskiest 5 %
+    score_yellow: float = 0.25
+    score_orange: float = 0.35
     # levels and actions
     orange_to_red_count: int = 2
     actions: tuple[LevelActions, ...] = field(default=DEFAULT_ACTIONS)
@@ -438,6 +442,28 @@ def _text(*parts) -> np.ndarray:
     return np.asarray(out, dtype=object)
 
 
+def _key_codes(*columns) -> tuple[list[np.ndarray], int]:
+    """One factorisation of the keys of several columns: (an int64 code per value of each column,
+    the number of distinct keys). Equal keys get equal codes across the columns; a missing key -1.
+
+    String keys are hashed once, by Arrow when every column holds strings (the warehouse reader's
+    Arrow-backed ``str`` columns, or objects that pandas infers as strings): several times faster
+    than hashing Python strings. Other columns are compared as objects, as ``pd.factorize`` does.
+    """
+    parts = [pd.Series(c.array if isinstance(c, pd.Series | pd.Index) else c, copy=False) for c in columns]
+    codes, uniques = pd.factorize(pd.concat(parts, ignore_index=True))
+    return np.split(codes.astype(np.int64), np.cumsum([len(c) for c in parts])[:-1]), len(uniques)
+
+
+def _positions(index: pd.Index, ids) -> np.ndarray:
+    """Positions of ``ids`` in ``index`` (unique keys), -1 for an id not in it; the same as
+    :func:`features.frames.positions`, keys hashed by :func:`_key_codes`."""
+    (keys, values), n = _key_codes(index, ids)
+    lookup = np.full(n + 1, -1, dtype=np.int64)
+    lookup[keys] = np.arange(len(keys))
+    return lookup[values]  # a missing id has code -1: the extra last slot (as features.frames.positions)
+
+
 def _row_per_key(keys: pd.Series, order: np.ndarray, mask: np.ndarray, query, *, last: bool) -> np.ndarray:
     """For each ``query`` key, the row (index into ``keys``) among the ``mask`` rows with that key
     whose ``order`` is smallest (``last=False``) or largest (``last=True``); -1 where none."""
@@ -445,14 +471,13 @@ def _row_per_key(keys: pd.Series, order: np.ndarray, mask: np.ndarray, query, *,
     q = _objects(query)
     if not len(rows) or not len(q):
         return np.full(len(q), -1, dtype=np.int64)
-    codes, uniques = pd.factorize(np.concatenate([_objects(keys.iloc[rows]), q]))
-    c_rows, c_query = codes[: len(rows)], codes[len(rows):]
+    (c_rows, c_query), n = _key_codes(keys.iloc[rows], q)
     o = np.asarray(order, dtype=np.int64)[rows]
     srt = np.lexsort((-o if last else o, c_rows))  # stable: ties keep the earlier row
     c_sorted = c_rows[srt]
     head = np.ones(len(srt), dtype=bool)
     head[1:] = c_sorted[1:] != c_sorted[:-1]
-    best = np.full(len(uniques) + 1, -1, dtype=np.int64)  # the extra last slot answers code -1
+    best = np.full(n + 1, -1, dtype=np.int64)  # the extra last slot answers code -1
     best[c_sorted[head]] = rows[srt][head]
     return best[c_query]
 
@@ -658,9 +683,10 @@ def _per(codes: np.ndarray, n: int, mask: np.ndarray | None = None, weights: np.
     return np.bincount(codes[keep], weights=w, minlength=n).astype(np.float64 if w is not None else np.int64)
 
 
-def _factorize(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(code per row, sorted distinct ids) of borrower ids (code -1 for a missing id)."""
-    codes, uniques = pd.factorize(_objects(ids), sort=True)
+def _factorize(ids: np.ndarray | pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """(code per row, sorted distinct ids) of borrower ids (code -1 for a missing id). A Series is
+    factorised as it is (an Arrow-backed one without making Python strings)."""
+    codes, uniques = pd.factorize(ids if isinstance(ids, pd.Series) else _objects(ids), sort=True)
     return codes.astype(np.int64), _objects(uniques)
 
 
@@ -711,7 +737,7 @@ def _sold_out_of_trust(book: _Book, sold: np.ndarray, d: int, cfg: EarlyWarningC
     judged = ((book.loans.known <= d) & has_sale & (book.loans.applied <= sold) & (since > n_days)
               & (since <= window))
     unpaid = judged & (book.loans.repaid_known > d)
-    codes, dealers = _factorize(book.dealer_ids.to_numpy(dtype=object))
+    codes, dealers = _factorize(book.dealer_ids)
     n = len(dealers)
     sales, count = _per(codes, n, judged), _per(codes, n, unpaid)
     share = ratio(count, sales)
@@ -807,7 +833,8 @@ def _duplicate_vins(book: _Book, d: int, duplicate_vins: pd.DataFrame | None,
     vins = _objects(book.loans.vin)
     # a VIN financed twice: a later application while an earlier loan of the VIN is still unpaid
     # (a car refinanced after its loan was repaid is not a duplicate)
-    apps = pd.DataFrame({"vin": vins[known], "applied": book.loans.applied[known], "row": known,
+    (vin_code,), _ = _key_codes(vins[known])  # VINs compared as codes (hashed once)
+    apps = pd.DataFrame({"vin": vin_code, "applied": book.loans.applied[known], "row": known,
                          "live": book.loans.repaid_known[known] > d})
     apps = apps[apps["vin"].duplicated(keep=False)].sort_values(["vin", "applied", "row"], kind="stable")
     earlier = apps["vin"].duplicated(keep="last")  # not the VIN's latest application
@@ -870,12 +897,13 @@ def dealer_signals(frames: Frames, as_of: dt.date, cfg: EarlyWarningConfig = EW_
 # --------------------------------------------------------------------------------------------
 
 
-def _sums(index: pd.Index, ids, mask: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
-    """Σ weights (or the count) of the ``mask`` rows per supplier position."""
-    pos = positions(index, _objects(ids)[mask])
+def _sums(pos: np.ndarray, n: int, mask: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
+    """Σ weights (or the count) of the ``mask`` rows per supplier position (``pos``: each row's
+    position among the ``n`` suppliers, -1: none)."""
+    pos = pos[mask]
     ok = pos >= 0
     w = np.ones(int(mask.sum())) if weights is None else np.asarray(weights, dtype=np.float64)[mask]
-    return np.bincount(pos[ok], weights=w[ok], minlength=len(index))
+    return np.bincount(pos[ok], weights=w[ok], minlength=n)
 
 
 def _dilution(frames: Frames, index: pd.Index, d: int, cfg: EarlyWarningConfig) -> list[pd.DataFrame]:
@@ -888,10 +916,12 @@ def _dilution(frames: Frames, index: pd.Index, d: int, cfg: EarlyWarningConfig) 
     memo = require(frames, MEMOS, ("supplier_id", "amount_fen", "issued_at", "updated_at"))
     issued, memo_known = timing(memo, MEMOS)
     m_amount = memo["amount_fen"].to_numpy(dtype=np.float64)
-    now = ratio(_sums(index, memo["supplier_id"], _window(issued, memo_known, d, r), m_amount),
-                _sums(index, pay["supplier_id"], _window(pay_day, pay_known, d, r), amount))
-    before = ratio(_sums(index, memo["supplier_id"], _window(issued, memo_known, d, r + b, r), m_amount),
-                   _sums(index, pay["supplier_id"], _window(pay_day, pay_known, d, r + b, r), amount))
+    n = len(index)
+    pay_pos, memo_pos = _positions(index, pay["supplier_id"]), _positions(index, memo["supplier_id"])
+    now = ratio(_sums(memo_pos, n, _window(issued, memo_known, d, r), m_amount),
+                _sums(pay_pos, n, _window(pay_day, pay_known, d, r), amount))
+    before = ratio(_sums(memo_pos, n, _window(issued, memo_known, d, r + b, r), m_amount),
+                   _sums(pay_pos, n, _window(pay_day, pay_known, d, r + b, r), amount))
     before = np.nan_to_num(before, nan=0.0)  # no payables before: no history, the floor applies
     limit = np.maximum(cfg.dilution_spike_factor * before, cfg.dilution_spike_floor)
     hit = ~np.isnan(now) & (now >= limit)
@@ -903,13 +933,14 @@ def _dilution(frames: Frames, index: pd.Index, d: int, cfg: EarlyWarningConfig) 
     # a share of the supplier's payables of the window
     written = pay_known - 1
     w = (pay["confirmation_status"].to_numpy() == WITHDRAWN) & (pay_known <= d) & (written >= d - r)
-    count = _sums(index, pay["supplier_id"], w)
+    count = _sums(pay_pos, n, w)
     # the payables of the window, and an older payable whose withdrawal was written in it
-    payables = _sums(index, pay["supplier_id"], _window(pay_day, pay_known, d, r) | w)
+    payables = _sums(pay_pos, n, _window(pay_day, pay_known, d, r) | w)
     share = ratio(count, payables)
     hit = (count >= cfg.withdrawn_min) & (np.nan_to_num(share, nan=-1.0) >= cfg.withdrawn_share)
-    codes = positions(index, _objects(pay["supplier_id"]))
-    latest = _worst_per(codes, len(index), w, {"day": written, "payable": _objects(pay["payable_id"])},
+    rows = np.flatnonzero(w)  # only the withdrawn rows' payable ids as Python strings
+    latest = _worst_per(pay_pos[rows], n, np.ones(len(rows), dtype=bool),
+                        {"day": written[rows], "payable": _objects(pay["payable_id"].iloc[rows])},
                         ["day", "payable"], [False, True])[hit]
     withdrawn = _signals(SUPPLIER, index[hit], WITHDRAWN_CONFIRMATIONS, ORANGE, share[hit], cfg.withdrawn_share,
                          _text(count[hit].astype(np.int64), " of ", payables[hit].astype(np.int64),
@@ -935,10 +966,12 @@ def _delivery(frames: Frames, index: pd.Index, attrs: pd.DataFrame, built: pd.Se
     bom = require(frames, BOM, ("model_id", "supplier_id", "quantity"))
     per_vehicle = bom["quantity"].to_numpy(dtype=np.float64)
     vehicles = built.reindex(_objects(bom["model_id"])).fillna(0).to_numpy(dtype=np.float64)
-    implied = _sums(index, bom["supplier_id"], np.ones(len(bom), dtype=bool), per_vehicle * vehicles)
+    n = len(index)
+    implied = _sums(_positions(index, bom["supplier_id"]), n, np.ones(len(bom), dtype=bool), per_vehicle * vehicles)
     rec = require(frames, RECEIPTS, ("supplier_id", "quantity", "received_at", "updated_at"))
     received, known = timing(rec, RECEIPTS)
-    got = _sums(index, rec["supplier_id"], _window(received, known, d, r), rec["quantity"].to_numpy(np.float64))
+    got = _sums(_positions(index, rec["supplier_id"]), n, _window(received, known, d, r),
+                rec["quantity"].to_numpy(np.float64))
     share = ratio(got, implied)
     hit = (attrs["tier"].to_numpy() == 1) & (implied > 0) & (share < cfg.delivery_drop_ratio)
     return _signals(SUPPLIER, index[hit], DELIVERY_DROP, YELLOW, share[hit], cfg.delivery_drop_ratio,
@@ -946,9 +979,47 @@ def _delivery(frames: Frames, index: pd.Index, attrs: pd.DataFrame, built: pd.Se
                           np.round(implied[hit]).astype(np.int64), " consumed by production"))
 
 
+# the key columns Instalments.build joins on: the supplier ids (and the suppliers index), then the
+# other key domains; (table, column) pairs
+_SUPPLIER_KEYS = ((PAYABLES, "supplier_id"), (SUB_BOM, "supplier_id"), (SUPPLIER_REPAYMENTS, "supplier_id"))
+_ID_KEYS = (
+    ((PAYABLES, "payable_id"), (SUPPLIER_REPAYMENTS, "payable_id")),
+    ((PAYABLES, "receipt_id"), (RECEIPTS, "receipt_id")),
+    ((RECEIPTS, "part_id"), (SUB_BOM, "parent_part_id")),
+)
+
+
+def _instalments(frames: Frames, index: pd.Index) -> Instalments:
+    """:meth:`Instalments.build` on the suppliers of ``index``, with integer codes for its keys.
+
+    The build joins payables, receipts, sub-BOM lines and repayments on string ids (merges and
+    group-bys over millions of strings at reference scale) and only ever compares those keys. So
+    each key domain (supplier, payable, receipt and part ids) is factorised once here and the same
+    build runs on the codes: its instalments (supplier positions and days) are identical.
+    """
+    keys = _SUPPLIER_KEYS + tuple(k for domain in _ID_KEYS for k in domain)
+    if any(t not in frames or c not in frames[t].columns for t, c in keys):
+        return Instalments.build(frames, index)  # raises the FeatureError that names what is missing
+
+    def codes_of(*columns) -> list[np.ndarray]:
+        codes, _ = _key_codes(*columns)
+        if any((k < 0).any() for k in codes):  # a missing key: NaN codes merge and group as missing strings
+            return [np.where(k < 0, np.nan, k.astype(np.float64)) for k in codes]
+        return codes
+
+    supplier_codes, *codes = codes_of(index, *(frames[t][c] for t, c in _SUPPLIER_KEYS))
+    pairs = list(zip(_SUPPLIER_KEYS, codes, strict=True))
+    for domain in _ID_KEYS:
+        pairs += zip(domain, codes_of(*(frames[t][c] for t, c in domain)), strict=True)
+    coded: dict[str, pd.DataFrame] = {}
+    for (t, c), k in pairs:
+        coded[t] = coded.get(t, frames[t]).assign(**{c: k})
+    return Instalments.build({**frames, **coded}, pd.Index(supplier_codes))
+
+
 def _overdue(frames: Frames, index: pd.Index, d: int, cfg: EarlyWarningConfig) -> pd.DataFrame:
     """Of the instalments due in the lookback that reached a DPD floor, the share still unpaid."""
-    inst = Instalments.build(frames, index)
+    inst = _instalments(frames, index)
     late = d - inst.due
     scope = (inst.supplier >= 0) & (inst.known <= d) & (late <= cfg.overdue_lookback_days)
     unpaid = scope & (inst.settled_known > d)
@@ -1027,8 +1098,9 @@ def _check_borrower_types(values: pd.Series, name: str) -> None:
 def score_signals(scores: pd.DataFrame, cfg: EarlyWarningConfig = EW_CONFIG_V1) -> pd.DataFrame:
     """``behaviour_score`` signals from model scores (borrower_type, borrower_id, score in [0, 1]).
 
-    For a dealer the score is the largest post-loan behaviour PD over its live loans; a borrower
-    listed more than once counts with its largest score.
+    For a dealer the caller passes the exposure-weighted mean post-loan behaviour PD of its
+    performing loans (the expected bad share of its book); a borrower listed more than once
+    counts with its largest score.
 
     Raises:
         EarlyWarningError: if a column is missing, a borrower type is unknown or a score is not a

@@ -40,7 +40,7 @@ def test_dag_conventions(dagbag, path):
 
 def test_expected_dags_exist(dagbag):
     assert {"ingest_erp", "ingest_dealer", "train_risk_models", "approve_dealer_loans",
-            "allocate_supplier_credit"} <= set(dagbag.dag_ids)
+            "allocate_supplier_credit", "disburse_credit", "monitor_post_loan"} <= set(dagbag.dag_ids)
 
 
 def test_no_heavy_imports_and_fast_parse():

@@ -424,9 +424,9 @@ def test_each_supplier_rule_fires_alone(clean, craft, rule, who, level, value):
     assert dealer_signals(frames, AS_OF).empty
 
 
-@pytest.mark.parametrize("score, level, threshold", [(0.149, None, None), (0.15, "yellow", 0.15),
-                                                     (0.2, "yellow", 0.15), (0.30, "orange", 0.30),
-                                                     (1.0, "orange", 0.30)])
+@pytest.mark.parametrize("score, level, threshold", [(0.249, None, None), (0.25, "yellow", 0.25),
+                                                     (0.3, "yellow", 0.25), (0.35, "orange", 0.35),
+                                                     (1.0, "orange", 0.35)])
 def test_behaviour_score_levels(score, level, threshold):
     scores = pd.DataFrame({"borrower_type": ["dealer", "dealer", "supplier", "dealer"],
                            "borrower_id": ["D1", "D2", "S1", "D2"], "score": [0.05, score, 0.1, 0.01]})
@@ -852,7 +852,7 @@ def test_v1_values_and_rules():
     assert (c.withdrawn_min, c.withdrawn_share, c.delivery_drop_ratio) == (2, 0.02, 0.7)
     assert (c.overdue_orange_days, c.overdue_red_days, c.overdue_lookback_days, c.overdue_min_instalments,
             c.overdue_share) == (30, 60, 120, 2, 0.10)
-    assert (c.oem_drop_ratio, c.score_yellow, c.score_orange, c.orange_to_red_count) == (0.6, 0.15, 0.30, 2)
+    assert (c.oem_drop_ratio, c.score_yellow, c.score_orange, c.orange_to_red_count) == (0.6, 0.25, 0.35, 2)
     assert c.actions == DEFAULT_ACTIONS and c.action("orange").limit_cut == 0.5
     names = [r.name for r in RULES]
     assert len(names) == len(set(names)) == 14
@@ -887,7 +887,7 @@ def _actions(**changes_by_level) -> tuple[LevelActions, ...]:
     ("velocity_min_baseline", float("nan"), "velocity_min_baseline: expected a number of sales > 0"),
     ("dilution_spike_factor", 0.5, "dilution_spike_factor: expected a factor >= 1, got 0.5"),
     ("dilution_spike_floor", 0, "dilution_spike_floor: expected a ratio in \\(0, 1\\], got 0"),
-    ("score_orange", 0.1, "score_orange: expected a value > score_yellow \\(0.15\\), got 0.1"),
+    ("score_orange", 0.1, "score_orange: expected a value > score_yellow \\(0.25\\), got 0.1"),
     ("overdue_red_days", 30, "overdue_red_days: expected a value > overdue_orange_days"),
     ("orange_to_red_count", 1, "orange_to_red_count: expected an integer >= 2, got 1"),
     ("actions", DEFAULT_ACTIONS[:3], "actions: expected a tuple of 4 LevelActions"),
