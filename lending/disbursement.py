@@ -230,7 +230,7 @@ class Reconciliation:
 
 def reconcile(payable: pd.DataFrame, held: pd.DataFrame, items: pd.DataFrame, instructions: pd.DataFrame,
               legs: pd.DataFrame, outbox: pd.DataFrame, balances: pd.Series,
-              out_of_scope: frozenset[str] = frozenset()) -> Reconciliation:
+              out_of_scope: frozenset[str] = frozenset(), all_legs: pd.DataFrame | None = None) -> Reconciliation:
     """Prove decisions = instructions = postings = outbox.
 
     Args:
@@ -245,9 +245,11 @@ def reconcile(payable: pd.DataFrame, held: pd.DataFrame, items: pd.DataFrame, in
             reads); the house accounts (clearing, nostro) keep no running balance.
         out_of_scope: instruction ids of payments decided after this reconciliation's cutoff (a
             later run's): left out of the item and instruction checks, kept in the balance checks.
+        all_legs: every posting of the ledger, for the entry-balance and account-balance checks
+            when ``legs`` holds only the scope's (default: ``legs``).
     """
     diffs: list[str] = []
-    all_legs = legs
+    all_legs = legs if all_legs is None else all_legs
     if out_of_scope:
         items = items[~items.instruction_id.isin(out_of_scope)]
         instructions = instructions[~instructions.instruction_id.isin(out_of_scope)]

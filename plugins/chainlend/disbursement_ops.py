@@ -48,6 +48,10 @@ from chainlend.systems import Warehouse
 log = logging.getLogger(__name__)
 
 CHUNK_INSTRUCTIONS = 5_000
+# a run considers the decision and credit batches of the last 7 days (and the batches of held
+# items, and of reviews approved since): older batches were settled by earlier runs; a full
+# reconciliation over everything is ``reconcile_ledger(..., scope=EVERYTHING)`` (the demo report)
+DISBURSE_LOOKBACK_DAYS = 7
 OUTBOX_BATCH = 500
 # test hook: ``disburse.after_chunk:<k>`` SIGKILLs this process right after the k-th chunk commits
 FAILPOINT_ENV = "CHAINLEND_FAILPOINT"
@@ -152,8 +156,30 @@ def _check_fence(conn, w: Warehouse, scope: str, fence: int) -> None:
 # what is payable
 
 
-def payable(w: Warehouse, interval_end: dt.datetime, cutoff: dt.datetime) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """``(loans, credits)`` to pay: decisions of batches up to ``interval_end`` made before ``cutoff``.
+@dataclass(frozen=True)
+class Scope:
+    """The source batches a run considers: those from ``since`` on, the batches of held items
+    and, for loans, the batches of reviews an officer approved since then. ``since=None``: all."""
+
+    since: dt.datetime | None
+    held_batches: tuple[str, ...] = ()
+
+    @classmethod
+    def of(cls, w: Warehouse, interval_end: dt.datetime, lookback_days: int | None = None) -> Scope:
+        ph = w.lending["payment_holds"]
+        with w.engine.connect() as conn:
+            held = tuple(sorted(conn.execute(sa.select(ph.c.source_batch).distinct()).scalars()))
+        days = DISBURSE_LOOKBACK_DAYS if lookback_days is None else lookback_days
+        return cls(interval_end - dt.timedelta(days=days), held)
+
+
+EVERYTHING = Scope(None)
+
+
+def payable(w: Warehouse, interval_end: dt.datetime, cutoff: dt.datetime,
+            scope: Scope = EVERYTHING) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``(loans, credits)`` to pay: decisions of batches up to ``interval_end`` made before
+    ``cutoff``, within ``scope``.
 
     Loans: ``approved`` and ``reduced`` decisions at their amount, and ``review`` decisions a
     credit officer approved (at the officer's amount). Credits: supplier credits with an amount."""
@@ -161,19 +187,34 @@ def payable(w: Warehouse, interval_end: dt.datetime, cutoff: dt.datetime) -> tup
     d, rq, c = t["loan_decisions"], t["review_queue"], t["supplier_credits"]
     last_batch = f"approve.{interval_end:%Y%m%d}"
     last_sc = f"sc.{interval_end:%Y%m%dT%H%M}"
+    auto_w = [d.c.decision.in_(["approved", "reduced"]), d.c.decision_batch <= last_batch, d.c.decided_at < cutoff]
+    rev_w = [d.c.decision == "review", rq.c.status == "approved", d.c.decision_batch <= last_batch,
+             rq.c.decided_at < cutoff]
+    cred_w = [c.c.amount_fen > 0, c.c.batch_id <= last_sc, c.c.allocated_at < cutoff]
+    if scope.since is not None:
+        held = list(scope.held_batches)
+        auto_w.append(sa.or_(d.c.decision_batch >= f"approve.{scope.since:%Y%m%d}", d.c.decision_batch.in_(held)))
+        rev_w.append(sa.or_(d.c.decision_batch >= f"approve.{scope.since:%Y%m%d}", rq.c.decided_at >= scope.since,
+                            d.c.decision_batch.in_(held)))
+        cred_w.append(sa.or_(c.c.batch_id >= f"sc.{scope.since:%Y%m%dT%H%M}", c.c.batch_id.in_(held)))
     with w.engine.connect() as conn:
         auto = pd.read_sql(sa.select(d.c.application_id, d.c.dealer_id, d.c.amount_fen,
-                                     d.c.decision_batch.label("source_batch")).where(
-            d.c.decision.in_(["approved", "reduced"]), d.c.decision_batch <= last_batch, d.c.decided_at < cutoff), conn)
+                                     d.c.decision_batch.label("source_batch")).where(*auto_w), conn)
         reviewed = pd.read_sql(sa.select(d.c.application_id, d.c.dealer_id, rq.c.amount_fen,
                                          d.c.decision_batch.label("source_batch")).join(
-            rq, rq.c.application_id == d.c.application_id).where(
-            d.c.decision == "review", rq.c.status == "approved", d.c.decision_batch <= last_batch,
-            rq.c.decided_at < cutoff), conn)
-        credits = pd.read_sql(sa.select(c.c.credit_id, c.c.batch_id, c.c.supplier_id, c.c.amount_fen).where(
-            c.c.amount_fen > 0, c.c.batch_id <= last_sc, c.c.allocated_at < cutoff), conn)
+            rq, rq.c.application_id == d.c.application_id).where(*rev_w), conn)
+        credits = pd.read_sql(sa.select(c.c.credit_id, c.c.batch_id, c.c.supplier_id, c.c.amount_fen).where(*cred_w),
+                              conn)
     loans = pd.concat([auto, reviewed], ignore_index=True)
-    return loans[loans.amount_fen > 0].reset_index(drop=True), credits
+    return _objects(loans[loans.amount_fen > 0].reset_index(drop=True)), _objects(credits)
+
+
+def _objects(frame: pd.DataFrame) -> pd.DataFrame:
+    """String columns as numpy objects: pandas' Arrow-backed ``isin`` iterates in Python."""
+    for col in frame.columns:
+        if not pd.api.types.is_numeric_dtype(frame[col]):
+            frame[col] = frame[col].astype(object)
+    return frame
 
 
 def upsert_limits(w: Warehouse, frame: pd.DataFrame) -> None:
@@ -274,7 +315,8 @@ def post_instructions(interval_end: dt.datetime, *, scope: str, holder: str, run
     w.metadata.create_all(w.engine, checkfirst=True)
     fence = acquire_lease(w, scope, holder)
     cutoff = _now() + dt.timedelta(seconds=1)
-    loans, credits = payable(w, interval_end, cutoff)
+    batches = Scope.of(w, interval_end)
+    loans, credits = payable(w, interval_end, cutoff, batches)
     instructions, items = plan_instructions(loans, credits)
     with w.engine.connect() as conn:
         done = _existing(conn, w.lending["payment_instructions"], "instruction_id", instructions.instruction_id.tolist())
@@ -376,10 +418,10 @@ def _post_chunk(w: Warehouse, plan: _Plan, rows: range, *, scope: str, fence: in
         if hold:
             held_ins, held_items, _ = plan.take(list(hold))
             owner = dict(zip(held_ins["instruction_id"], zip(held_ins["borrower_type"], held_ins["borrower_id"],
-                                                               [hold[j] for j in hold])))
+                                                               [hold[j] for j in hold], held_ins["source_batch"])))
             conn.execute(ph.insert(), [
                 {"item_key": k, "borrower_type": owner[i][0], "borrower_id": owner[i][1], "amount_fen": a,
-                 "reason": owner[i][2], "run_id": run_id, "checked_at": now}
+                 "reason": owner[i][2], "source_batch": owner[i][3], "run_id": run_id, "checked_at": now}
                 for k, i, a in zip(held_items["item_key"], held_items["instruction_id"], held_items["amount_fen"])])
     totals.instructions += len(ins["instruction_id"])
     totals.items += len(items["item_key"])
@@ -484,33 +526,61 @@ def send_outbox(rail: PaymentRail, warehouse: Warehouse | None = None, *, batch:
 # reconciliation
 
 
-def reconcile_ledger(interval_end: dt.datetime, cutoff: dt.datetime, warehouse: Warehouse | None = None):
+def reconcile_ledger(interval_end: dt.datetime, cutoff: dt.datetime, warehouse: Warehouse | None = None,
+                     scope: Scope | None = None):
     """Prove decisions = instructions = postings = outbox for everything decided before
-    ``cutoff``; raise :class:`lending.disbursement.ReconciliationError` listing the differences."""
+    ``cutoff`` in ``scope`` (default: the run's scope, :class:`Scope.of`; :data:`EVERYTHING` for
+    a full reconciliation), and that every entry of the whole ledger balances and every account
+    balance equals the sum of its postings; raise
+    :class:`lending.disbursement.ReconciliationError` listing the differences."""
     from lending.disbursement import ReconciliationError, plan_instructions, reconcile
 
     w = warehouse or Warehouse.from_conn()
     t = w.lending
-    loans, credits = payable(w, interval_end, cutoff)
-    _, expected = plan_instructions(loans, credits)
+    scope = Scope.of(w, interval_end) if scope is None else scope
+    _, expected = plan_instructions(*payable(w, interval_end, cutoff, scope))
+    # payments of this scope decided after the cutoff or in later batches (a later run's)
+    far = dt.datetime(9999, 12, 31)
+    _, everything = plan_instructions(*payable(w, far, far, scope))
+    pi, ii, ob = t["payment_instructions"], t["instruction_items"], t["payment_outbox"]
     with w.engine.connect() as conn:
         held = pd.read_sql(sa.select(t["payment_holds"].c.item_key), conn)
-        items = pd.read_sql(sa.select(t["instruction_items"]), conn)
-        ins = pd.read_sql(sa.select(t["payment_instructions"].c.instruction_id,
-                                    t["payment_instructions"].c.amount_fen), conn)
+        keys = everything.item_key.tolist()
+        items = pd.concat([pd.read_sql(sa.select(ii).where(ii.c.item_key.in_(keys[i:i + 5_000])), conn)
+                           for i in range(0, len(keys), 5_000)] or [pd.DataFrame(columns=["item_key",
+                                                                                        "instruction_id",
+                                                                                        "amount_fen"])],
+                          ignore_index=True)
+        ins_q = sa.select(pi.c.instruction_id, pi.c.amount_fen, pi.c.source_batch)
+        if scope.since is not None:  # the scope's instructions: by batch, and those carrying its items
+            ins_q = ins_q.where(sa.or_(pi.c.source_batch >= f"approve.{scope.since:%Y%m%d}",
+                                       pi.c.source_batch.in_(list(scope.held_batches))))
+        ins = pd.read_sql(ins_q, conn)
+        if scope.since is not None:
+            ins = ins[ins.source_batch.str.startswith("approve.")
+                      & (ins.source_batch >= f"approve.{scope.since:%Y%m%d}")
+                      | ins.source_batch.str.startswith("sc.") & (ins.source_batch >= f"sc.{scope.since:%Y%m%dT%H%M}")
+                      | ins.source_batch.isin(scope.held_batches)]
+            extra = sorted(set(items.instruction_id) - set(ins.instruction_id))
+            if extra:
+                ins = pd.concat([ins] + [pd.read_sql(sa.select(pi.c.instruction_id, pi.c.amount_fen,
+                                                               pi.c.source_batch).where(
+                    pi.c.instruction_id.in_(extra[i:i + 5_000])), conn) for i in range(0, len(extra), 5_000)],
+                    ignore_index=True)
         p = t["ledger_postings"]
         legs = pd.read_sql(sa.select(p.c.entry_id, p.c.instruction_id, p.c.account, p.c.debit_fen, p.c.credit_fen),
                            conn)
-        outbox = pd.read_sql(sa.select(t["payment_outbox"].c.instruction_id, t["payment_outbox"].c.amount_fen), conn)
+        outbox = pd.read_sql(sa.select(ob.c.instruction_id, ob.c.amount_fen), conn)
         bal = pd.read_sql(sa.select(t["ledger_accounts"].c.account, t["ledger_accounts"].c.balance_fen), conn)
-    # instructions of payments decided after the cutoff or of later batches (a later run's) are
-    # out of this scope; an instructed item that nothing pays any more stays in it (a difference)
-    far = dt.datetime(9999, 12, 31)
-    _, everything = plan_instructions(*payable(w, far, far))
+    held, items, ins, legs, outbox = map(_objects, (held, items, ins, legs, outbox))
+    ids = set(ins.instruction_id)
     later = set(everything.item_key) - set(expected.item_key)
     outside = frozenset(items.instruction_id[items.item_key.isin(later)])
     rec = reconcile(expected[["item_key", "amount_fen"]], held[held.item_key.isin(expected.item_key)],
-                    items, ins, legs, outbox, bal.set_index("account")["balance_fen"], out_of_scope=outside)
+                    items, ins[["instruction_id", "amount_fen"]], legs[legs.instruction_id.isin(ids)
+                                                                       | ~legs.entry_id.str.startswith("disb:")],
+                    outbox[outbox.instruction_id.isin(ids)], bal.set_index("account")["balance_fen"],
+                    out_of_scope=outside, all_legs=legs)
     if not rec.reconciled:
         raise ReconciliationError("disbursement does not reconcile: " + "; ".join(rec.differences))
     return rec

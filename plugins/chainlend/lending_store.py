@@ -264,6 +264,7 @@ def _disbursement(metadata: sa.MetaData, t: dict[str, sa.Table]) -> None:
         sa.Column("borrower_id", ID, nullable=False),
         sa.Column("amount_fen", MONEY, nullable=False),
         sa.Column("reason", sa.String(32), nullable=False),  # frozen | over_limit
+        sa.Column("source_batch", ID, nullable=False),  # keeps its batch in later runs' scope
         sa.Column("run_id", sa.String(255), nullable=False),
         sa.Column("checked_at", sa.DateTime, nullable=False),
     )

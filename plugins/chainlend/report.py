@@ -154,7 +154,7 @@ def disbursement_section(warehouse: Warehouse, rail_totals: dict | None = None) 
 
     import sqlalchemy as sa
 
-    from chainlend.disbursement_ops import reconcile_ledger
+    from chainlend.disbursement_ops import EVERYTHING, reconcile_ledger
     from lending.disbursement import ReconciliationError
 
     t = warehouse.lending
@@ -171,7 +171,7 @@ def disbursement_section(warehouse: Warehouse, rail_totals: dict | None = None) 
             p.c.entry_id.like("repay:%"))).scalar()
     now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
     try:
-        reconcile_ledger(dt.datetime(9999, 12, 31), now, warehouse)
+        reconcile_ledger(dt.datetime(9999, 12, 31), now, warehouse, scope=EVERYTHING)
         reconciled, differences = True, []
     except ReconciliationError as exc:
         reconciled, differences = False, [str(exc)]
