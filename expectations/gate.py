@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from expectations.frames import TYPES_OK, VIN_OK, add_flags, check_frame, fk_flag
+from expectations.frames import TYPES_OK, VIN_OK, add_flags, check_frame, duplicated_all, fk_flag
 from expectations.gx_runner import GxValidator, Validation
 from expectations.rules import BATCH, Check, batch_checks, row_checks
 from sources.contract import Table
@@ -95,7 +95,7 @@ def _masks(frame: pd.DataFrame, check: Check, contract: Table, inputs: GateInput
     if check.kind == "not_future":
         return col.notna() & (col > pd.Timestamp(inputs.window_end))
     if check.kind == "unique":
-        return col.notna() & col.duplicated(keep=False)
+        return pd.Series(duplicated_all(col), index=frame.index)
     if check.kind == "unique_vin":
         return ~frame[VIN_OK]
     if check.kind == "fk":
@@ -120,12 +120,14 @@ def run_gate(df: pd.DataFrame, contract: Table, inputs: GateInputs, validator: G
     key = df[contract.key] if contract.key in df.columns else pd.Series(
         df.index.astype(str), index=df.index)
     failures: list[Failure] = []
-    reasons = np.full(rows_in, "", dtype=object)
+    reasons = np.empty(rows_in, dtype=object)  # None: no reason (yet)
+    bad = np.zeros(rows_in, dtype=bool)
 
     def add_reason(mask: pd.Series, name: str) -> None:
         idx = np.flatnonzero(mask.to_numpy(dtype=bool))
         if len(idx):
             reasons[idx] = [f"{r};{name}" if r else name for r in reasons[idx]]
+            bad[idx] = True
 
     # type failures: one GX expectation, one reason per column
     type_result = validation.results.get("type")
@@ -162,14 +164,13 @@ def run_gate(df: pd.DataFrame, contract: Table, inputs: GateInputs, validator: G
         blocked = True
         failures.append(Failure(check.name, BATCH, rows_in, [], _batch_detail(check, result, frame, contract)))
 
-    bad = pd.Series(reasons != "", index=df.index)
     if blocked:
         names = ",".join(f.check for f in failures if f.severity == BATCH)
         reasons = np.array([f"blocked:{names};{r}" if r else f"blocked:{names}" for r in reasons], dtype=object)
-        bad = pd.Series(True, index=df.index)
-    accepted = df[~bad.to_numpy()]
-    quarantined = df[bad.to_numpy()].copy()
-    quarantined[REASONS] = reasons[bad.to_numpy()]
+        bad[:] = True
+    accepted = df[~bad]
+    quarantined = df[bad].copy()
+    quarantined[REASONS] = reasons[bad]
     if len(accepted) + len(quarantined) != rows_in:
         raise GateError(f"rows in {rows_in} != accepted {len(accepted)} + quarantined {len(quarantined)}")
     failures.sort(key=lambda f: f.severity != BATCH)  # batch-level verdicts first
@@ -183,7 +184,7 @@ def _agree(name: str, gx_count, mask_count: int) -> None:
 
 
 def _sample(values: pd.Series, mask: pd.Series) -> list[str]:
-    picked = values[mask.to_numpy(dtype=bool)].head(SAMPLE_KEYS).tolist()
+    picked = values.iloc[np.flatnonzero(mask.to_numpy(dtype=bool))[:SAMPLE_KEYS]].tolist()
     return ["null" if _is_missing(v) else str(v) for v in picked]
 
 
