@@ -14,6 +14,7 @@ BENCHES = {
     "gate": "gate_bench",
     "train": "train_bench",
     "ledger": "ledger_bench",
+    "monitor": "monitor_bench",
 }
 
 

@@ -464,13 +464,16 @@ def _positions(index: pd.Index, ids) -> np.ndarray:
     return lookup[values]  # a missing id has code -1: the extra last slot (as features.frames.positions)
 
 
-def _row_per_key(keys: pd.Series, order: np.ndarray, mask: np.ndarray, query, *, last: bool) -> np.ndarray:
+def _row_per_key(keys: pd.Series, order: np.ndarray, mask: np.ndarray, query, *,
+                 last: bool) -> tuple[np.ndarray, np.ndarray]:
     """For each ``query`` key, the row (index into ``keys``) among the ``mask`` rows with that key
-    whose ``order`` is smallest (``last=False``) or largest (``last=True``); -1 where none."""
+    whose ``order`` is smallest (``last=False``) or largest (``last=True``), -1 where none; and a
+    code per query key (:func:`_key_codes`: equal keys, equal codes)."""
     rows = np.flatnonzero(mask)
-    q = _objects(query)
+    q = query if isinstance(query, pd.Series) else _objects(query)
     if not len(rows) or not len(q):
-        return np.full(len(q), -1, dtype=np.int64)
+        (c_query,), _ = _key_codes(q)
+        return np.full(len(q), -1, dtype=np.int64), c_query
     (c_rows, c_query), n = _key_codes(keys.iloc[rows], q)
     o = np.asarray(order, dtype=np.int64)[rows]
     srt = np.lexsort((-o if last else o, c_rows))  # stable: ties keep the earlier row
@@ -479,7 +482,7 @@ def _row_per_key(keys: pd.Series, order: np.ndarray, mask: np.ndarray, query, *,
     head[1:] = c_sorted[1:] != c_sorted[:-1]
     best = np.full(n + 1, -1, dtype=np.int64)  # the extra last slot answers code -1
     best[c_sorted[head]] = rows[srt][head]
-    return best[c_query]
+    return best[c_query], c_query
 
 
 def _window(event_day: np.ndarray, known: np.ndarray, d: int, back_from: int, back_to: int = 0) -> np.ndarray:
@@ -545,6 +548,7 @@ class _Book:
 
     loans: Loans
     dealer_ids: pd.Series  # the application's dealer_id (as in the frame)
+    vins: pd.Series  # the application's vin (as in the frame)
     requested: np.ndarray
     appraised: np.ndarray  # the appraisal on the application
     app_stamp: np.ndarray  # the application's updated_at (ns)
@@ -553,8 +557,10 @@ class _Book:
     def build(cls, frames: Frames) -> _Book:
         dealers, _ = dealer_index(frames)
         loans = Loans.build(frames, dealers)
-        apps = require(frames, APPLICATIONS, ("dealer_id", "requested_fen", "appraised_value_fen", "updated_at"))
-        return cls(loans, apps["dealer_id"].reset_index(drop=True), apps["requested_fen"].to_numpy(dtype=np.float64),
+        apps = require(frames, APPLICATIONS, ("dealer_id", "vin", "requested_fen", "appraised_value_fen",
+                                              "updated_at"))
+        return cls(loans, apps["dealer_id"].reset_index(drop=True), apps["vin"].reset_index(drop=True),
+                   apps["requested_fen"].to_numpy(dtype=np.float64),
                    apps["appraised_value_fen"].to_numpy(dtype=np.float64), _stamps(apps["updated_at"]))
 
     def live(self, d: int) -> np.ndarray:
@@ -635,12 +641,13 @@ def roll_rates(frames: Frames, as_of: dt.date, *, prior: dt.date) -> pd.DataFram
 # --------------------------------------------------------------------------------------------
 
 
-def _sale_days(frames: Frames, vins: np.ndarray, d: int) -> np.ndarray:
-    """The day of the first sale known at ``d`` of each VIN (NEVER: no sale known)."""
+def _sale_days(frames: Frames, vins: pd.Series, d: int) -> tuple[np.ndarray, np.ndarray]:
+    """(the day of the first sale known at ``d`` of each VIN (NEVER: no sale known), a code per
+    VIN: equal VINs get equal codes, a missing one -1)."""
     sales = require(frames, SALES, ("vin", "sold_at", "updated_at"))
     sold, sale_known = timing(sales, SALES)
-    s_row = _row_per_key(sales["vin"], sold, sale_known <= d, vins, last=False)
-    return np.append(sold, NEVER)[s_row]
+    s_row, codes = _row_per_key(sales["vin"], sold, sale_known <= d, vins, last=False)
+    return np.append(sold, NEVER)[s_row], codes
 
 
 @dataclass(frozen=True)
@@ -661,13 +668,13 @@ class _LiveLoans:
 
     @classmethod
     def build(cls, frames: Frames, book: _Book, d: int, sold: np.ndarray) -> _LiveLoans:
-        """``sold``: :func:`_sale_days` of every loan of the book."""
+        """``sold``: the sale day of every loan of the book (:func:`_sale_days`)."""
         idx = np.flatnonzero(book.live(d))
         vin = _objects(book.loans.vin)[idx]
         inv = require(frames, INVENTORY, ("vin", "appraised_value_fen", "acquired_at", "updated_at"))
         acquired, inv_known = timing(inv, INVENTORY)
         inv_stamp = _stamps(inv["updated_at"])
-        i_row = _row_per_key(inv["vin"], inv_stamp, inv_known <= d, vin, last=True)
+        i_row, _ = _row_per_key(inv["vin"], inv_stamp, inv_known <= d, vin, last=True)
         has_inv = i_row >= 0
         inv_appraisal = np.append(inv["appraised_value_fen"].to_numpy(dtype=np.float64), np.nan)[i_row]
         newer = has_inv & (np.append(inv_stamp, 0)[i_row] >= book.app_stamp[idx])
@@ -827,14 +834,14 @@ def _velocity(frames: Frames, d: int, cfg: EarlyWarningConfig) -> pd.DataFrame:
     return _signals(DEALER, ids, SALES_VELOCITY_DROP, YELLOW, now.to_numpy(), limit.to_numpy(), detail)
 
 
-def _duplicate_vins(book: _Book, d: int, duplicate_vins: pd.DataFrame | None,
+def _duplicate_vins(book: _Book, vin_codes: np.ndarray, d: int, duplicate_vins: pd.DataFrame | None,
                     cfg: EarlyWarningConfig) -> pd.DataFrame:
+    """``vin_codes``: a code per loan of the book, equal for equal VINs (compared as codes)."""
     known = np.flatnonzero(book.loans.known <= d)
     vins = _objects(book.loans.vin)
     # a VIN financed twice: a later application while an earlier loan of the VIN is still unpaid
     # (a car refinanced after its loan was repaid is not a duplicate)
-    (vin_code,), _ = _key_codes(vins[known])  # VINs compared as codes (hashed once)
-    apps = pd.DataFrame({"vin": vin_code, "applied": book.loans.applied[known], "row": known,
+    apps = pd.DataFrame({"vin": vin_codes[known], "applied": book.loans.applied[known], "row": known,
                          "live": book.loans.repaid_known[known] > d})
     apps = apps[apps["vin"].duplicated(keep=False)].sort_values(["vin", "applied", "row"], kind="stable")
     earlier = apps["vin"].duplicated(keep="last")  # not the VIN's latest application
@@ -879,7 +886,7 @@ def dealer_signals(frames: Frames, as_of: dt.date, cfg: EarlyWarningConfig = EW_
     _check_config(cfg)
     d = _as_of_day(as_of)
     book = _Book.build(frames)
-    sold = _sale_days(frames, _objects(book.loans.vin), d)
+    sold, vin_codes = _sale_days(frames, book.vins, d)
     live = _LiveLoans.build(frames, book, d, sold)
     return _concat([
         _days_past_due(live, cfg),
@@ -888,7 +895,7 @@ def dealer_signals(frames: Frames, as_of: dt.date, cfg: EarlyWarningConfig = EW_
         _stock_ageing(live, d, cfg),
         _velocity(frames, d, cfg),
         _appraisal(live, cfg),
-        _duplicate_vins(book, d, duplicate_vins, cfg),
+        _duplicate_vins(book, vin_codes, d, duplicate_vins, cfg),
     ])
 
 
