@@ -127,3 +127,14 @@ def pytest_sessionfinish(session, exitstatus):
 
     _SESSION_SINK.__exit__(None, None, None)
     shutil.rmtree(_TEST_VAR, ignore_errors=True)
+
+
+@pytest.fixture
+def rail(tmp_path, monkeypatch):
+    """A payment rail on 127.0.0.1 that the DAG's ``payment_rail_default`` connection points at."""
+    from sources.payment_rail import PaymentRailServer
+
+    with PaymentRailServer(tmp_path / "rail.db") as server:
+        monkeypatch.setenv("AIRFLOW_CONN_PAYMENT_RAIL_DEFAULT", json.dumps(
+            {"conn_type": "http", "host": server.host, "port": server.port, "extra": {"timeout_s": 10}}))
+        yield server

@@ -19,17 +19,6 @@ import sqlalchemy as sa
 HERE = Path(__file__).resolve().parent
 
 
-@pytest.fixture
-def rail(tmp_path, monkeypatch):
-    """A payment rail on 127.0.0.1 that the DAG's ``payment_rail_default`` connection points at."""
-    from sources.payment_rail import PaymentRailServer
-
-    with PaymentRailServer(tmp_path / "rail.db") as server:
-        monkeypatch.setenv("AIRFLOW_CONN_PAYMENT_RAIL_DEFAULT", json.dumps(
-            {"conn_type": "http", "host": server.host, "port": server.port, "extra": {"timeout_s": 1.0}}))
-        yield server
-
-
 def _post(w, scope="t/run/post", holder="test", **kw):
     from chainlend.disbursement_ops import post_instructions
 

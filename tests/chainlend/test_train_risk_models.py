@@ -348,16 +348,6 @@ def test_allocate_supplier_credit_end_to_end(trained, supplier_champion):
 # disburse_credit under Airflow. Runs last: it plays one more simulated day.
 
 
-@pytest.fixture
-def rail(tmp_path, monkeypatch):
-    from sources.payment_rail import PaymentRailServer
-
-    with PaymentRailServer(tmp_path / "rail.db") as server:
-        monkeypatch.setenv("AIRFLOW_CONN_PAYMENT_RAIL_DEFAULT", json.dumps(
-            {"conn_type": "http", "host": server.host, "port": server.port, "extra": {"timeout_s": 10}}))
-        yield server
-
-
 def _craft_red_dealer(trained, nxt: dt.date) -> tuple[str, str]:
     """In the dealer source on ``nxt``, for a dealer with approved loans not yet paid out: two loan
     applications for one car in its stock, with different amounts and times (a double-financing
