@@ -60,16 +60,21 @@ def champion(family: str):
     return version, mlflow.pyfunc.load_model(f"models:/{family}/{version}")
 
 
+def insert_frame(conn, table: sa.Table, frame: pd.DataFrame) -> None:
+    """Insert ``frame``'s rows (NaN/NaT as NULL), in chunks of 20,000."""
+    records = frame.astype(object).where(frame.notna(), None).to_dict("records")
+    for i in range(0, len(records), 20_000):
+        conn.execute(table.insert(), records[i:i + 20_000])
+
+
 def _upsert(conn, table: sa.Table, frame: pd.DataFrame, key: str) -> None:
     """Delete the rows of ``frame``'s ``key`` values, insert ``frame`` (one transaction, chunked)."""
     if frame.empty:
         return
-    records = frame.astype(object).where(frame.notna(), None).to_dict("records")
     keys = frame[key].astype(str).tolist()
     for i in range(0, len(keys), 5_000):
         conn.execute(sa.delete(table).where(table.c[key].in_(keys[i:i + 5_000])))
-    for i in range(0, len(records), 20_000):
-        conn.execute(table.insert(), records[i:i + 20_000])
+    insert_frame(conn, table, frame)
 
 
 # --------------------------------------------------------------------------------------------
@@ -319,10 +324,7 @@ def allocate_batch(interval_end: dt.datetime, warehouse: Warehouse | None = None
         conn.execute(sa.delete(t["supplier_credits"]).where(t["supplier_credits"].c.batch_id == batch))
         conn.execute(sa.delete(t["line_off_exceptions"]).where(t["line_off_exceptions"].c.batch_id == batch))
         _upsert(conn, t["supplier_credits"], credits, "credit_id")
-        if len(lines):
-            recs = lines.astype(object).where(lines.notna(), None).to_dict("records")
-            for i in range(0, len(recs), 20_000):
-                conn.execute(t["supplier_credit_lines"].insert(), recs[i:i + 20_000])
+        insert_frame(conn, t["supplier_credit_lines"], lines)
         _upsert(conn, t["line_off_exceptions"], result.exceptions, "event_id")
     capped = credits[credits.capped_fen > 0]
     return {"batch": batch, "events": int(len(line_offs)), "credits": int(len(credits)),

@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 
-from chainlend.lending_ops import SUPPLIER_CREDIT_TERM_DAYS, LendingOpsError, champion
+from chainlend.lending_ops import SUPPLIER_CREDIT_TERM_DAYS, LendingOpsError, champion, insert_frame
 from chainlend.systems import Warehouse
 from sources.contract import table as contract_table
 
@@ -61,10 +61,7 @@ def _now() -> dt.datetime:
 
 def _replace_partition(conn, table: sa.Table, as_of: dt.date, frame: pd.DataFrame) -> None:
     conn.execute(sa.delete(table).where(table.c.as_of == as_of))
-    if len(frame):
-        records = frame.astype(object).where(frame.notna(), None).to_dict("records")
-        for i in range(0, len(records), 20_000):
-            conn.execute(table.insert(), records[i:i + 20_000])
+    insert_frame(conn, table, frame)
 
 
 # --------------------------------------------------------------------------------------------

@@ -204,7 +204,7 @@ def early_warning_section(warehouse: Warehouse) -> dict:
             mm.c.metric == "retrain", mm.c.value > 0)).scalar()
         days = conn.execute(sa.select(sa.func.count(sa.distinct(sig.c.as_of)))).scalar()
         mon = pd.read_sql(sa.select(mm).where(mm.c.as_of == sa.select(sa.func.max(mm.c.as_of)).scalar_subquery(),
-                                              mm.c.metric.in_(["score_psi", "auc_matured"])), conn)
+                                              mm.c.metric == "score_psi"), conn)
         dealers = conn.execute(sa.select(sa.func.count()).select_from(
             warehouse.published(contract_table("dealer", "dealers")))).scalar()
         suppliers = conn.execute(sa.select(sa.func.count()).select_from(
@@ -217,8 +217,7 @@ def early_warning_section(warehouse: Warehouse) -> dict:
         "rules_fired": {k: int(v) for k, v in sorted(fired.items())},
         "rules_fired_all_days": {k: int(v) for k, v in sorted(fired_total.items())},
         "alerts_sent": int(digests), "retrains_triggered": int(retrains), "monitoring_days": int(days),
-        "model_monitoring": {r.family: {**({"score_psi": r.value, "band": r.band} if r.metric == "score_psi" else {})}
-                             for r in mon.itertuples() if r.metric == "score_psi"},
+        "model_monitoring": {r.family: {"score_psi": r.value, "band": r.band} for r in mon.itertuples()},
     }
 
 
