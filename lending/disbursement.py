@@ -3,16 +3,21 @@
 Money moves exactly once because every payment instruction carries an **idempotency key derived
 from business keys**, which the warehouse enforces with a unique constraint:
 
-- a used-car order loan: ``loan:<application_id>`` (one instruction per approved application);
+- a used-car order loan: ``loan:<application_id>`` (one instruction per approved application).
+  The loan is the instruction's only *item* and its item key is the idempotency key itself, so
+  the warehouse stores no item row for it (:func:`implied_items` rebuilds it for reconciliation);
 - supplier credit: ``sc:<micro-batch>:<supplier_id>``: one instruction aggregates a supplier's
-  credits of one micro-batch; each credit it carries is an *item* ``credit:<credit_id>`` (the
-  credit id is VIN + supplier), and an item belongs to at most one instruction (primary key).
+  credits of one micro-batch; each credit it carries is an item ``credit:<credit_id>`` (the
+  credit id is VIN + supplier), stored with the credit as primary key, so a credit belongs to at
+  most one instruction (:func:`stored_items`).
 
-The ledger is double-entry: an *entry* is a set of *postings* (legs) whose debits equal its
-credits. A disbursement debits the borrower's receivable account and credits the payment
-clearing account (what the bank owes the payment rail); a repayment debits the nostro account
-and credits the receivable; a reversal is a new entry with every leg of the original swapped.
-Postings are never updated or deleted.
+The ledger is double-entry and stored as *entries* (transfers, as TigerBeetle does): one row per
+entry with a debit account, a credit account and one positive amount, so every entry balances by
+construction and carries two *postings* (legs): the debit leg and the credit leg
+(:func:`entry_legs`). A disbursement debits the borrower's receivable account and credits the
+payment clearing account (what the bank owes the payment rail); a repayment debits the nostro
+account and credits the receivable; a reversal ``rev:<entry>`` is a new entry with the accounts
+of the original swapped. Entries are never updated or deleted.
 
 Limits are checked at posting time in instruction order per borrower, first come first served:
 an instruction that does not fit the borrower's headroom is held, and so is every later one of
@@ -35,7 +40,9 @@ KINDS = {"dealer": "dealer_loan", "supplier": "supplier_credit"}
 INSTRUCTION_COLUMNS = ["instruction_id", "idempotency_key", "kind", "borrower_type", "borrower_id",
                        "amount_fen", "source_batch"]
 ITEM_COLUMNS = ["item_key", "instruction_id", "amount_fen"]
+ENTRY_COLUMNS = ["entry_id", "debit_account", "credit_account", "amount_fen", "borrower_type", "borrower_id"]
 LEG_COLUMNS = ["entry_id", "account", "borrower_type", "borrower_id", "debit_fen", "credit_fen"]
+LOAN_PREFIX, CREDIT_PREFIX = "loan:", "credit:"  # item keys: a loan's is its instruction's idempotency key
 
 
 class LedgerError(ValueError):
@@ -48,7 +55,13 @@ class ReconciliationError(RuntimeError):
 
 def instruction_id(idempotency_key: str) -> str:
     """The instruction id the payment rail sees: a stable hash of the idempotency key."""
-    return "pi_" + hashlib.sha256(idempotency_key.encode()).hexdigest()[:29]
+    return _instruction_ids([idempotency_key])[idempotency_key]
+
+
+def _instruction_ids(keys: list[str]) -> dict[str, str]:
+    """:func:`instruction_id` of each key (one comprehension: 100,000 keys are a plan's hot spot)."""
+    sha = hashlib.sha256
+    return {k: "pi_" + sha(k.encode()).hexdigest()[:29] for k in keys}
 
 
 def receivable_account(borrower_type: str, borrower_id: str) -> str:
@@ -64,6 +77,20 @@ def _positive_int(values: pd.Series, what: str) -> np.ndarray:
     return a.to_numpy(dtype=np.int64)
 
 
+def _texts(values) -> list[str]:
+    """Plain Python strings (pandas' Arrow-backed strings are slow element by element)."""
+    if isinstance(values, pd.Series) and pd.api.types.infer_dtype(values, skipna=False) == "string":
+        return values.tolist()
+    return [v if isinstance(v, str) else str(v) for v in (values.tolist() if hasattr(values, "tolist") else values)]
+
+
+def _frame(columns: dict[str, object]) -> pd.DataFrame:
+    """A frame whose text columns stay numpy objects (plain ``str``, not pandas' inferred Arrow
+    strings); typed numpy arrays (amounts) keep their type."""
+    return pd.DataFrame({c: v if isinstance(v, np.ndarray) and v.dtype != object else pd.Series(v, dtype=object)
+                         for c, v in columns.items()})
+
+
 def plan_instructions(loans: pd.DataFrame, credits: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Instructions and their items from payable loans and supplier credits.
 
@@ -73,7 +100,8 @@ def plan_instructions(loans: pd.DataFrame, credits: pd.DataFrame) -> tuple[pd.Da
 
     Returns:
         ``(instructions, items)`` with :data:`INSTRUCTION_COLUMNS` and :data:`ITEM_COLUMNS`,
-        ordered by (borrower, source batch, key): the order limits are checked in.
+        ordered by (borrower, source batch, key): the order limits are checked in. Every payable
+        loan and credit is one item; a loan's item key is its instruction's idempotency key.
 
     Raises:
         LedgerError: an amount is not a positive integer, a loan or credit repeats, or two
@@ -83,39 +111,53 @@ def plan_instructions(loans: pd.DataFrame, credits: pd.DataFrame) -> tuple[pd.Da
         if frame[key].duplicated().any():
             raise LedgerError(f"plan_instructions: {key} repeats: {frame[key][frame[key].duplicated()].head(3).tolist()}")
     la = _positive_int(loans["amount_fen"], "loan amounts")
-    lkey = "loan:" + loans["application_id"].astype(str)
-    li = pd.DataFrame({
-        "idempotency_key": lkey.to_numpy(), "kind": KINDS["dealer"], "borrower_type": "dealer",
-        "borrower_id": loans["dealer_id"].astype(str).to_numpy(), "amount_fen": la,
-        "source_batch": loans["source_batch"].astype(str).to_numpy(),
-    })
-    litems = pd.DataFrame({"item_key": lkey.to_numpy(), "idempotency_key": lkey.to_numpy(), "amount_fen": la})
     ca = _positive_int(credits["amount_fen"], "credit amounts")
-    c = pd.DataFrame({"credit_id": credits["credit_id"].astype(str).to_numpy(),
-                      "batch_id": credits["batch_id"].astype(str).to_numpy(),
-                      "supplier_id": credits["supplier_id"].astype(str).to_numpy(), "amount_fen": ca})
-    c["idempotency_key"] = "sc:" + c.batch_id + ":" + c.supplier_id
-    pairs = c[["idempotency_key", "batch_id", "supplier_id"]].drop_duplicates()
-    clash = pairs.idempotency_key[pairs.idempotency_key.duplicated()]
-    if len(clash):  # e.g. batch "a:b" + supplier "c" and batch "a" + supplier "b:c"
-        raise LedgerError(f"plan_instructions: key(s) {clash.head(3).tolist()} would aggregate credits of "
-                          "different (micro-batch, supplier) pairs; a batch id must not contain ':'")
-    ci = c.groupby("idempotency_key", sort=True).agg(
-        borrower_id=("supplier_id", "first"), amount_fen=("amount_fen", "sum"), source_batch=("batch_id", "first"),
-    ).reset_index()
-    ci.insert(1, "kind", KINDS["supplier"])
-    ci.insert(2, "borrower_type", "supplier")
-    citems = pd.DataFrame({"item_key": ("credit:" + c.credit_id).to_numpy(), "idempotency_key": c.idempotency_key,
-                           "amount_fen": ca})
-    instructions = pd.concat([li, ci], ignore_index=True)
-    instructions["amount_fen"] = instructions["amount_fen"].astype(np.int64)
-    instructions.insert(0, "instruction_id", instructions.idempotency_key.map(instruction_id))
-    instructions = instructions.sort_values(["borrower_type", "borrower_id", "source_batch", "idempotency_key"],
-                                            ignore_index=True)[INSTRUCTION_COLUMNS]
-    items = pd.concat([litems, citems], ignore_index=True)
-    items.insert(1, "instruction_id", items.pop("idempotency_key").map(instruction_id))
-    items["amount_fen"] = items["amount_fen"].astype(np.int64)
-    return instructions, items[ITEM_COLUMNS]
+    lkey = [LOAN_PREFIX + a for a in _texts(loans["application_id"])]
+    dealers, lbatch = _texts(loans["dealer_id"]), _texts(loans["source_batch"])
+    cid, cbatch, sup = _texts(credits["credit_id"]), _texts(credits["batch_id"]), _texts(credits["supplier_id"])
+    ckey = [f"sc:{b}:{s}" for b, s in zip(cbatch, sup)]
+    agg: dict[str, list] = {}  # key -> [supplier, batch, amount]
+    for k, b, s, a in zip(ckey, cbatch, sup, ca.tolist()):
+        if k not in agg:
+            agg[k] = [s, b, a]
+        elif agg[k][:2] == [s, b]:
+            agg[k][2] += a
+        else:  # e.g. batch "a:b" + supplier "c" and batch "a" + supplier "b:c"
+            raise LedgerError(f"plan_instructions: key(s) {[k]} would aggregate credits of different (micro-batch, "
+                              "supplier) pairs; a batch id must not contain ':'")
+    ikey = lkey + list(agg)
+    ids = _instruction_ids(ikey)
+    bt = ["dealer"] * len(lkey) + ["supplier"] * len(agg)
+    bid = dealers + [v[0] for v in agg.values()]
+    batch = lbatch + [v[1] for v in agg.values()]
+    amount = la.tolist() + [v[2] for v in agg.values()]
+    # the order limits are checked in; keys are unique, so the order is total (and often already sorted)
+    order = sorted(range(len(ikey)), key=list(zip(bt, bid, batch, ikey)).__getitem__)
+    instructions = _frame({
+        "instruction_id": [ids[ikey[j]] for j in order], "idempotency_key": [ikey[j] for j in order],
+        "kind": [KINDS[bt[j]] for j in order], "borrower_type": [bt[j] for j in order],
+        "borrower_id": [bid[j] for j in order], "amount_fen": np.asarray([amount[j] for j in order], dtype=np.int64),
+        "source_batch": [batch[j] for j in order],
+    })[INSTRUCTION_COLUMNS]
+    items = _frame({"item_key": lkey + [CREDIT_PREFIX + c for c in cid],
+                    "instruction_id": [ids[k] for k in lkey] + [ids[k] for k in ckey],
+                    "amount_fen": np.concatenate([la, ca]).astype(np.int64)})
+    return instructions, items
+
+
+def stored_items(items: pd.DataFrame) -> pd.DataFrame:
+    """The items the warehouse stores (``instruction_items``): a supplier's credits. A loan's item
+    is its instruction itself (same key, unique in ``payment_instructions``): not stored."""
+    return items[~items["item_key"].str.startswith(LOAN_PREFIX)]
+
+
+def implied_items(instructions: pd.DataFrame) -> pd.DataFrame:
+    """The items the warehouse does not store, rebuilt from ``instructions``
+    (``instruction_id, idempotency_key, amount_fen``): each loan instruction's own loan."""
+    loans = instructions[instructions["idempotency_key"].str.startswith(LOAN_PREFIX)]
+    return pd.DataFrame({"item_key": loans["idempotency_key"].to_numpy(), "instruction_id":
+                         loans["instruction_id"].to_numpy(), "amount_fen": loans["amount_fen"].to_numpy()},
+                        columns=ITEM_COLUMNS)
 
 
 def apply_limits(instructions: pd.DataFrame, headroom_fen: pd.Series, frozen: pd.Series) -> pd.Series:
@@ -143,42 +185,96 @@ def apply_limits(instructions: pd.DataFrame, headroom_fen: pd.Series, frozen: pd
     return out
 
 
-def disbursement_legs(instructions: pd.DataFrame) -> pd.DataFrame:
-    """Two legs per instruction: debit the borrower's receivable, credit the clearing account.
+# --------------------------------------------------------------------------------------------
+# entries and their legs
+
+
+def _entries(entry_id: list[str], debit: list[str], credit: list[str], amount: np.ndarray, borrower_type: list[str],
+             borrower_id: list[str]) -> pd.DataFrame:
+    return _frame({"entry_id": entry_id, "debit_account": debit, "credit_account": credit,
+                   "amount_fen": np.asarray(amount, dtype=np.int64), "borrower_type": borrower_type,
+                   "borrower_id": borrower_id})[ENTRY_COLUMNS]
+
+
+def disbursement_entries(instructions: pd.DataFrame) -> pd.DataFrame:
+    """One entry per instruction: debit the borrower's receivable, credit the clearing account.
 
     The entry id is ``disb:<idempotency key>``, so one instruction has exactly one entry."""
-    n = len(instructions)
-    entry = ("disb:" + instructions["idempotency_key"].astype(str)).to_numpy()
-    amount = instructions["amount_fen"].to_numpy(dtype=np.int64)
-    bt = instructions["borrower_type"].to_numpy(dtype=object)
-    bid = instructions["borrower_id"].to_numpy(dtype=object)
-    accounts = np.array([receivable_account(t, b) for t, b in zip(bt, bid)], dtype=object)
-    legs = pd.DataFrame({
-        "entry_id": np.concatenate([entry, entry]),
-        "account": np.concatenate([accounts, np.full(n, CLEARING, dtype=object)]),
-        "borrower_type": np.concatenate([bt, bt]), "borrower_id": np.concatenate([bid, bid]),
-        "debit_fen": np.concatenate([amount, np.zeros(n, np.int64)]),
-        "credit_fen": np.concatenate([np.zeros(n, np.int64), amount]),
-    })
-    return legs[LEG_COLUMNS]
+    bt, bid = _texts(instructions["borrower_type"]), _texts(instructions["borrower_id"])
+    return _entries(["disb:" + k for k in _texts(instructions["idempotency_key"])],
+                    [RECEIVABLE[t] + ":" + b for t, b in zip(bt, bid)], [CLEARING] * len(bt),
+                    instructions["amount_fen"].to_numpy(dtype=np.int64), bt, bid)
 
 
-def repayment_legs(repayments: pd.DataFrame) -> pd.DataFrame:
+def repayment_entries(repayments: pd.DataFrame) -> pd.DataFrame:
     """Debit nostro, credit the receivable: ``entry_id, borrower_type, borrower_id, amount_fen``."""
     n = len(repayments)
     amount = _positive_int(repayments["amount_fen"], "repayment amounts") if n else np.zeros(0, np.int64)
-    bt = repayments["borrower_type"].to_numpy(dtype=object)
-    bid = repayments["borrower_id"].to_numpy(dtype=object)
-    entry = repayments["entry_id"].to_numpy(dtype=object)
-    accounts = np.array([receivable_account(t, b) for t, b in zip(bt, bid)], dtype=object)
-    legs = pd.DataFrame({
-        "entry_id": np.concatenate([entry, entry]),
-        "account": np.concatenate([np.full(n, NOSTRO, dtype=object), accounts]),
-        "borrower_type": np.concatenate([bt, bt]), "borrower_id": np.concatenate([bid, bid]),
-        "debit_fen": np.concatenate([amount, np.zeros(n, np.int64)]),
-        "credit_fen": np.concatenate([np.zeros(n, np.int64), amount]),
-    })
-    return legs[LEG_COLUMNS]
+    bt, bid = _texts(repayments["borrower_type"]), _texts(repayments["borrower_id"])
+    return _entries(_texts(repayments["entry_id"]), [NOSTRO] * n, [RECEIVABLE[t] + ":" + b for t, b in zip(bt, bid)],
+                    amount, bt, bid)
+
+
+def reversal_entries(entries: pd.DataFrame, entry_ids: list[str]) -> pd.DataFrame:
+    """The entries ``rev:<entry_id>`` that undo ``entry_ids``: the same amount, accounts swapped.
+
+    Raises:
+        LedgerError: an entry id is not among ``entries``.
+    """
+    orig = entries.set_index("entry_id")
+    missing = [e for e in entry_ids if e not in orig.index]
+    if missing:
+        raise LedgerError(f"reversal: entry {missing[0]!r} has no postings ({len(missing)} unknown entries)")
+    o = orig.loc[list(entry_ids)]
+    return _entries([f"rev:{e}" for e in entry_ids], _texts(o["credit_account"]), _texts(o["debit_account"]),
+                    o["amount_fen"].to_numpy(dtype=np.int64), _texts(o["borrower_type"]), _texts(o["borrower_id"]))
+
+
+def check_entries(entries: pd.DataFrame) -> None:
+    """Raise :class:`LedgerError` naming the entries the ledger would refuse: an amount that is not
+    a positive integer, the same account on both sides, an entry id that repeats."""
+    amount = pd.to_numeric(entries["amount_fen"], errors="coerce")
+    bad = (amount.isna() | (amount <= 0) | (amount != np.floor(amount))).to_numpy()
+    if bad.any():
+        raise LedgerError(f"entries need a positive integer amount; bad entries {_texts(entries.entry_id[bad])[:5]}")
+    same = (entries["debit_account"].to_numpy(dtype=object) == entries["credit_account"].to_numpy(dtype=object))
+    if same.any():
+        raise LedgerError(f"an entry must debit and credit two different accounts; bad entries "
+                          f"{_texts(entries.entry_id[same])[:5]}")
+    dup = entries["entry_id"].duplicated().to_numpy()
+    if dup.any():
+        raise LedgerError(f"entry ids repeat: {_texts(entries.entry_id[dup])[:5]}")
+
+
+def entry_legs(entries: pd.DataFrame) -> pd.DataFrame:
+    """The postings of ``entries``: every debit leg, then every credit leg (what the
+    ``ledger_postings`` view shows), :data:`LEG_COLUMNS` followed by any other column of
+    ``entries`` (e.g. ``instruction_id``), repeated on both legs."""
+    amount = entries["amount_fen"].to_numpy(dtype=np.int64)
+    zero = np.zeros(len(entries), np.int64)
+
+    def twice(column: str) -> np.ndarray:
+        v = entries[column].to_numpy(dtype=object if column in LEG_COLUMNS else None)
+        return np.concatenate([v, v])
+
+    extra = [c for c in entries.columns if c not in ENTRY_COLUMNS]
+    return _frame({
+        "entry_id": twice("entry_id"),
+        "account": np.concatenate([entries["debit_account"].to_numpy(dtype=object),
+                                   entries["credit_account"].to_numpy(dtype=object)]),
+        "borrower_type": twice("borrower_type"), "borrower_id": twice("borrower_id"),
+        "debit_fen": np.concatenate([amount, zero]), "credit_fen": np.concatenate([zero, amount]),
+        **{c: twice(c) for c in extra}})
+
+
+def disbursement_legs(instructions: pd.DataFrame) -> pd.DataFrame:
+    """The two legs of each instruction's entry (:func:`disbursement_entries`)."""
+    return entry_legs(disbursement_entries(instructions))
+
+
+def repayment_legs(repayments: pd.DataFrame) -> pd.DataFrame:
+    """The two legs of each repayment's entry (:func:`repayment_entries`)."""
+    return entry_legs(repayment_entries(repayments))
 
 
 def reversal_legs(legs: pd.DataFrame, entry_id: str) -> pd.DataFrame:

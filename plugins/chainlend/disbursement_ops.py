@@ -1,15 +1,18 @@
-"""Disbursement at the edge: payable decisions → instructions, ledger postings and outbox rows
+"""Disbursement at the edge: payable decisions → instructions, ledger entries and outbox rows
 in the warehouse; the outbox → the payment rail; reconciliation.
 
 Exactly once, whatever Airflow does (retries, re-runs, back-fills, two runs at once, a zombie
 attempt whose heartbeat was lost):
 
-- **Idempotency keys in the database.** ``payment_instructions.idempotency_key`` and
-  ``instruction_items.item_key`` are unique and ``ledger_postings`` is unique per (entry,
-  account), so a second insert of the same payment fails instead of paying twice.
-- **One transaction per chunk** holds the instructions, their items, both legs of each entry,
-  the account balances, the outbox rows and the holds: a process killed (even with SIGKILL)
-  between chunks leaves whole chunks; the retry plans again and posts only what is missing.
+- **Idempotency keys in the database.** ``payment_instructions.idempotency_key`` (a loan's
+  ``loan:<application>``), ``instruction_items.item_key`` (a supplier credit) and
+  ``ledger_entries.entry_id`` are unique, so a second insert of the same payment fails instead
+  of paying twice.
+- **One transaction per chunk** holds the instructions, their items, their ledger entries (one
+  row per entry: both legs), the account balances, the outbox rows and the holds: a process
+  killed (even with SIGKILL) between chunks leaves whole chunks; the retry plans again and posts
+  only what is missing. The rows go in through the driver's ``executemany`` (no SQLAlchemy work
+  per row).
 - **Posting-time limits under a lock.** A chunk locks the receivable account row of each of its
   borrowers (``SELECT … FOR UPDATE`` in account order on PostgreSQL and MariaDB; SQLite
   serialises writers, and the chunk's first statement is a write), re-reads what is already
@@ -96,33 +99,66 @@ def _mark(conn) -> str:
 
 def _bulk_insert(conn, table: sa.Table, columns: dict[str, list], const: dict[str, object]) -> None:
     """Insert one row per position of ``columns`` (name → list of plain values), each row also
-    getting ``const``: plain tuples through the DBAPI ``executemany``, so SQLAlchemy does not build
-    and process a parameter dict per row. Constraints and triggers apply as to any insert."""
+    getting ``const``: plain tuples through the DBAPI ``executemany`` (PostgreSQL: ``COPY``, whose
+    psycopg ``executemany`` costs ~30 µs of Python a row), so SQLAlchemy does not build and process
+    a parameter dict per row. Constraints and triggers apply as to any insert."""
     if not columns or not len(next(iter(columns.values()))):
         return
 
     names = [*columns, *const]
+    q = conn.dialect.identifier_preparer
+    into = f"{q.format_table(table)} ({', '.join(q.quote(n) for n in names)})"
+    if conn.dialect.name == "postgresql":  # psycopg adapts the Python values itself
+        rows = zip(*columns.values(), *map(repeat, const.values()))
+        with conn.connection.driver_connection.cursor() as cur, cur.copy(f"COPY {into} FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row(row)
+        return
     bind = {n: table.c[n].type.dialect_impl(conn.dialect).bind_processor(conn.dialect) for n in names}
     varying = [v if bind[n] is None else list(map(bind[n], v)) for n, v in columns.items()]
     fixed = [v if bind[n] is None else bind[n](v) for n, v in const.items()]  # e.g. a datetime for SQLite
     rows = list(zip(*varying, *map(repeat, fixed)))
-    q = conn.dialect.identifier_preparer
-    conn.exec_driver_sql(f"INSERT INTO {q.format_table(table)} ({', '.join(q.quote(n) for n in names)}) "
-                         f"VALUES ({', '.join([_mark(conn)] * len(names))})", rows)
+    conn.exec_driver_sql(f"INSERT INTO {into} VALUES ({', '.join([_mark(conn)] * len(names))})", rows)
 
 
-def _where_in(conn, table: sa.Table, column: str, keys: list, *, delete: bool = False) -> list[tuple]:
-    """``SELECT column`` (or ``DELETE``) from ``table`` where ``column`` is one of ``keys``, 5,000
-    keys a statement, as plain DBAPI statements (no per-key SQLAlchemy bind parameters)."""
+def _in(conn, keys: list | tuple) -> tuple[str, tuple]:
+    """``IN (?, ?, …)`` and its parameters; on PostgreSQL one array parameter, ``= ANY(%s)``."""
+    if conn.dialect.name == "postgresql":
+        return "= ANY(%s)", (list(keys),)
+    return f"IN ({', '.join([_mark(conn)] * len(keys))})", tuple(keys)
+
+
+def _where_in(conn, table: sa.Table, column: str, keys: list, *, delete: bool = False,
+              select: str | None = None) -> list[tuple]:
+    """``SELECT select`` (default: ``column``; or ``DELETE``) from ``table`` where ``column`` is one
+    of ``keys``, 5,000 keys a statement, as plain DBAPI statements (no per-key SQLAlchemy bind
+    parameters)."""
     q, rows = conn.dialect.identifier_preparer, []
-    head = "DELETE" if delete else f"SELECT {q.quote(column)}"
+    head = "DELETE" if delete else f"SELECT {q.quote(select or column)}"
     for i in range(0, len(keys), 5_000):
-        part = tuple(keys[i:i + 5_000])
-        res = conn.exec_driver_sql(f"{head} FROM {q.format_table(table)} WHERE {q.quote(column)} IN "
-                                   f"({', '.join([_mark(conn)] * len(part))})", part)
+        where, params = _in(conn, keys[i:i + 5_000])
+        res = conn.exec_driver_sql(f"{head} FROM {q.format_table(table)} WHERE {q.quote(column)} {where}", params)
         if res.returns_rows:
             rows += res.all()
     return rows
+
+
+def _outbox_rows(conn, numbers: list[int]) -> None:
+    """The outbox row of each instruction numbered ``numbers`` (inserted by this transaction): a
+    copy of what the rail needs, made by the database (``INSERT … SELECT``, no row through Python);
+    one range when the numbers are consecutive (every number in it is this transaction's)."""
+    head = ("INSERT INTO payment_outbox (instruction_no, instruction_id, idempotency_key, payee_type, payee_id, "
+            "amount_fen, status, attempts, created_at) SELECT instruction_no, instruction_id, idempotency_key, "
+            "borrower_type, borrower_id, amount_fen, 'pending', 0, created_at FROM payment_instructions WHERE "
+            "instruction_no ")
+    lo, hi = min(numbers), max(numbers)
+    if hi - lo + 1 == len(numbers):  # the numbers are distinct: they are the whole range
+        m = _mark(conn)
+        conn.exec_driver_sql(f"{head}BETWEEN {m} AND {m}", (lo, hi))
+        return
+    for i in range(0, len(numbers), 5_000):
+        where, params = _in(conn, numbers[i:i + 5_000])
+        conn.exec_driver_sql(head + where, params)
 
 
 # --------------------------------------------------------------------------------------------
@@ -198,15 +234,25 @@ def payable(w: Warehouse, interval_end: dt.datetime, cutoff: dt.datetime,
                             d.c.decision_batch.in_(held)))
         cred_w.append(sa.or_(c.c.batch_id >= f"sc.{scope.since:%Y%m%dT%H%M}", c.c.batch_id.in_(held)))
     with w.engine.connect() as conn:
-        auto = pd.read_sql(sa.select(d.c.application_id, d.c.dealer_id, d.c.amount_fen,
-                                     d.c.decision_batch.label("source_batch")).where(*auto_w), conn)
-        reviewed = pd.read_sql(sa.select(d.c.application_id, d.c.dealer_id, rq.c.amount_fen,
+        auto = _read(conn, sa.select(d.c.application_id, d.c.dealer_id, d.c.amount_fen,
+                                     d.c.decision_batch.label("source_batch")).where(*auto_w))
+        reviewed = _read(conn, sa.select(d.c.application_id, d.c.dealer_id, rq.c.amount_fen,
                                          d.c.decision_batch.label("source_batch")).join(
-            rq, rq.c.application_id == d.c.application_id).where(*rev_w), conn)
-        credits = pd.read_sql(sa.select(c.c.credit_id, c.c.batch_id, c.c.supplier_id, c.c.amount_fen).where(*cred_w),
-                              conn)
-    loans = pd.concat([auto, reviewed], ignore_index=True)
-    return _objects(loans[loans.amount_fen > 0].reset_index(drop=True)), _objects(credits)
+            rq, rq.c.application_id == d.c.application_id).where(*rev_w))
+        credits = _read(conn, sa.select(c.c.credit_id, c.c.batch_id, c.c.supplier_id, c.c.amount_fen).where(*cred_w))
+    loans = pd.concat([auto, reviewed], ignore_index=True) if len(reviewed) else auto
+    return loans[loans.amount_fen > 0].reset_index(drop=True), credits
+
+
+def _read(conn, stmt) -> pd.DataFrame:
+    """The rows of ``stmt`` as a frame: text columns as numpy objects (see :func:`_objects`), integer
+    columns numeric; without ``pandas.read_sql``'s inference of every value."""
+    res = conn.execute(stmt)
+    names, rows = list(res.keys()), res.all()
+    columns = list(zip(*rows)) if rows else [()] * len(names)
+    return pd.DataFrame({n: pd.to_numeric(pd.Series(v, dtype=object)) if isinstance(c.type, sa.Integer)
+                         else pd.Series(v, dtype=object)
+                         for n, v, c in zip(names, columns, stmt.selected_columns)})
 
 
 def _objects(frame: pd.DataFrame) -> pd.DataFrame:
@@ -250,6 +296,23 @@ def _existing(conn, table: sa.Table, column: str, keys: list[str]) -> set[str]:
     return {r[0] for r in _where_in(conn, table, column, keys)}
 
 
+def _instruction_numbers(conn, n: int) -> list[int]:
+    """``n`` new instruction numbers: max + 1 on SQLite, which serialises writers (the chunk's first
+    statement, the fence update, took the write lock); the ``payment_instruction_no`` sequence on
+    PostgreSQL and MariaDB, whose writers run side by side."""
+    d = conn.dialect
+    if d.name == "sqlite":
+        top = conn.exec_driver_sql("SELECT coalesce(max(instruction_no), 0) FROM payment_instructions").scalar_one()
+        return list(range(top + 1, top + 1 + n))
+    if d.name == "postgresql":
+        return list(conn.exec_driver_sql("SELECT nextval('payment_instruction_no') FROM generate_series(1, %s)",
+                                         (n,)).scalars())
+    if d.name == "mysql" and getattr(d, "is_mariadb", False):  # seq_1_to_<n>: MariaDB's sequence engine
+        return list(conn.exec_driver_sql(f"SELECT NEXTVAL(payment_instruction_no) FROM seq_1_to_{int(n)}").scalars())
+    raise DisbursementError(f"the ledger numbers instructions with SQLite's write lock or a sequence; "
+                            f"{d.name!r} (MySQL has no sequences) is not supported: use SQLite, PostgreSQL or MariaDB")
+
+
 @dataclass
 class _Totals:
     chunks: int = 0
@@ -262,46 +325,49 @@ class _Totals:
 
 @dataclass
 class _Plan:
-    """The instructions to post with their items and legs as plain lists, converted from pandas
-    once: instruction ``j``'s items are ``items[item_at[j]:item_at[j + 1]]``, its legs likewise."""
+    """The instructions to post with their entries and items as plain lists, converted from pandas
+    once: instruction ``j``'s entry is ``entries[j]``, its items ``items[item_at[j]:item_at[j + 1]]``
+    (every item, loans included, for the holds; ``stored`` marks those ``instruction_items`` keeps)."""
 
     frame: pd.DataFrame  # the instructions (for :func:`lending.disbursement.apply_limits`)
     ins: dict[str, list]
+    entries: dict[str, list]
     items: dict[str, list]
     item_at: list[int]
-    legs: dict[str, list]
-    leg_at: list[int]
+    stored: list[bool]
 
     @classmethod
-    def of(cls, todo: pd.DataFrame, items: pd.DataFrame, legs: pd.DataFrame) -> _Plan:
-        n = len(todo)
+    def of(cls, todo: pd.DataFrame, items: pd.DataFrame, entries: pd.DataFrame) -> _Plan:
+        from lending.disbursement import LOAN_PREFIX
+
         ipos = pd.Index(todo.instruction_id).get_indexer(items.instruction_id)
         io = np.argsort(ipos, kind="stable")
         io = io[ipos[io] >= 0]  # items of instructions posted earlier are not ours to post
-        lpos = pd.Index("disb:" + todo.idempotency_key).get_indexer(legs.entry_id)  # entry per instruction
-        if (lpos < 0).any():
-            raise DisbursementError(f"legs of unknown entries: {legs.entry_id[lpos < 0].head(3).tolist()}")
-        lo = np.argsort(lpos, kind="stable")
-        at = np.arange(n + 1)
-        leg_cols = {c: legs[c].to_numpy()[lo].tolist() for c in legs.columns}
-        leg_cols["instruction_id"] = todo.instruction_id.to_numpy()[lpos[lo]].tolist()
+        cols = {c: items[c].to_numpy()[io].tolist() for c in items.columns}
         return cls(frame=todo, ins={c: todo[c].tolist() for c in todo.columns},
-                   items={c: items[c].to_numpy()[io].tolist() for c in items.columns},
-                   item_at=np.searchsorted(ipos[io], at).tolist(), legs=leg_cols,
-                   leg_at=np.searchsorted(lpos[lo], at).tolist())
+                   entries={c: entries[c].tolist() for c in entries.columns}, items=cols,
+                   item_at=np.searchsorted(ipos[io], np.arange(len(todo) + 1)).tolist(),
+                   stored=[not k.startswith(LOAN_PREFIX) for k in cols["item_key"]])
 
     def take(self, rows: range | list[int]) -> tuple[dict[str, list], dict[str, list], dict[str, list]]:
-        """Instruction, item and leg columns of the instructions at ``rows``."""
+        """Instruction, entry and item columns of the instructions at ``rows``."""
         if isinstance(rows, range):  # contiguous: slices
             a, b = rows.start, rows.stop
-            return ({c: v[a:b] for c, v in self.ins.items()},
-                    {c: v[self.item_at[a]:self.item_at[b]] for c, v in self.items.items()},
-                    {c: v[self.leg_at[a]:self.leg_at[b]] for c, v in self.legs.items()})
+            return ({c: v[a:b] for c, v in self.ins.items()}, {c: v[a:b] for c, v in self.entries.items()},
+                    {c: v[self.item_at[a]:self.item_at[b]] for c, v in self.items.items()})
         ii = [i for j in rows for i in range(self.item_at[j], self.item_at[j + 1])]
-        li = [i for j in rows for i in range(self.leg_at[j], self.leg_at[j + 1])]
         return ({c: [v[j] for j in rows] for c, v in self.ins.items()},
-                {c: [v[i] for i in ii] for c, v in self.items.items()},
-                {c: [v[i] for i in li] for c, v in self.legs.items()})
+                {c: [v[j] for j in rows] for c, v in self.entries.items()},
+                {c: [v[i] for i in ii] for c, v in self.items.items()})
+
+    def stored_items(self, rows: range | list[int]) -> dict[str, list]:
+        """The item columns of the instructions at ``rows`` that ``instruction_items`` keeps."""
+        if isinstance(rows, range):
+            ii = range(self.item_at[rows.start], self.item_at[rows.stop])
+        else:
+            ii = [i for j in rows for i in range(self.item_at[j], self.item_at[j + 1])]
+        keep = [i for i in ii if self.stored[i]]
+        return {c: [v[i] for i in keep] for c, v in self.items.items()}
 
 
 def post_instructions(interval_end: dt.datetime, *, scope: str, holder: str, run_id: str,
@@ -309,7 +375,7 @@ def post_instructions(interval_end: dt.datetime, *, scope: str, holder: str, run
     """Post everything payable up to ``interval_end`` that has no instruction yet.
 
     Returns counts and the ``cutoff`` (the decisions this run could see) for reconciliation."""
-    from lending.disbursement import check_balanced, disbursement_legs, plan_instructions
+    from lending.disbursement import check_entries, disbursement_entries, plan_instructions
 
     w = warehouse or Warehouse.from_conn()
     w.metadata.create_all(w.engine, checkfirst=True)
@@ -319,11 +385,12 @@ def post_instructions(interval_end: dt.datetime, *, scope: str, holder: str, run
     loans, credits = payable(w, interval_end, cutoff, batches)
     instructions, items = plan_instructions(loans, credits)
     with w.engine.connect() as conn:
-        done = _existing(conn, w.lending["payment_instructions"], "instruction_id", instructions.instruction_id.tolist())
-    todo = instructions[~instructions.instruction_id.isin(done)].reset_index(drop=True)
-    legs = disbursement_legs(todo)
-    check_balanced(legs)  # every entry of the plan, before any of it is posted
-    plan = _Plan.of(todo, items, legs)
+        done = _existing(conn, w.lending["payment_instructions"], "idempotency_key",
+                         instructions.idempotency_key.tolist())
+    todo = instructions[~instructions.idempotency_key.isin(done)].reset_index(drop=True) if done else instructions
+    entries = disbursement_entries(todo)
+    check_entries(entries)  # every entry of the plan, before any of it is posted
+    plan = _Plan.of(todo, items, entries)
     totals, held = _Totals(already=len(done)), {"frozen": 0, "over_limit": 0}
     failpoint = os.environ.get(FAILPOINT_ENV, "")
     for begin, end in _chunks(todo, chunk_size):
@@ -343,8 +410,8 @@ def post_instructions(interval_end: dt.datetime, *, scope: str, holder: str, run
 
 def _limit_holds(plan: _Plan, rows: range | list[int], headroom: dict[tuple[str, str], int],
                  frozen: dict[tuple[str, str], bool]) -> dict[int, str]:
-    """Why each held instruction of ``rows`` is held (by row), from
-    :func:`lending.disbursement.apply_limits`; empty when every one may be posted."""
+    """Why each instruction at ``rows`` is held (only those that are): :func:`apply_limits` when
+    some borrower is frozen or its instructions together exceed its headroom."""
     from lending.disbursement import apply_limits
 
     ins = plan.ins
@@ -364,12 +431,12 @@ def _post_chunk(w: Warehouse, plan: _Plan, rows: range, *, scope: str, fence: in
                 totals: _Totals) -> dict[str, int]:
     """One transaction: fence, lock the borrowers' accounts, check limits, post the instructions at
     ``rows`` of ``plan`` that fit, hold the others; returns the held count per reason."""
-    from lending.disbursement import CLEARING, receivable_account
+    from lending.disbursement import CLEARING, NOSTRO, receivable_account
 
     t = w.lending
     acc, ctl, bl = t["ledger_accounts"], t["credit_controls"], t["borrower_limits"]
     now = _now()
-    ids_of = plan.ins["instruction_id"]
+    keys = plan.ins["idempotency_key"]
     borrowers = list(dict.fromkeys(zip(plan.ins["borrower_type"][rows.start:rows.stop],
                                        plan.ins["borrower_id"][rows.start:rows.stop])))
     acct_of = {receivable_account(bt, b): (bt, b) for bt, b in borrowers}
@@ -383,10 +450,10 @@ def _post_chunk(w: Warehouse, plan: _Plan, rows: range, *, scope: str, fence: in
             q = sa.select(acc.c.account, acc.c.balance_fen).where(acc.c.account.in_(accounts[i:i + 5_000]))
             balance.update(conn.execute(q.order_by(acc.c.account).with_for_update()).all())
         # a concurrent run may have posted some of these while we waited for the locks
-        already = _existing(conn, t["payment_instructions"], "instruction_id", ids_of[rows.start:rows.stop])
+        already = _existing(conn, t["payment_instructions"], "idempotency_key", keys[rows.start:rows.stop])
         if already:
             totals.already += len(already)
-            rows = [j for j in rows if ids_of[j] not in already]
+            rows = [j for j in rows if keys[j] not in already]
         ids = [b for _, b in borrowers]
         limit = {(bt, b): lim for bt, b, lim in conn.execute(
             sa.select(bl.c.borrower_type, bl.c.borrower_id, bl.c.limit_fen).where(bl.c.borrower_id.in_(ids)))}
@@ -397,35 +464,41 @@ def _post_chunk(w: Warehouse, plan: _Plan, rows: range, *, scope: str, fence: in
                     for k in borrowers}
         hold = _limit_holds(plan, rows, headroom, {k: control.get(k, (False, 1.0))[0] for k in borrowers})
         post = [j for j in rows if j not in hold] if hold else rows
-        ins, items, legs = plan.take(post)
-        if ins["instruction_id"]:
-            _bulk_insert(conn, t["payment_instructions"], ins, {"run_id": run_id, "fence": fence, "created_at": now})
-            _bulk_insert(conn, t["instruction_items"], items, {})
-            _bulk_insert(conn, t["ledger_postings"], legs, {"posted_at": now})
-            _bulk_insert(conn, t["payment_outbox"], {
-                "instruction_id": ins["instruction_id"], "idempotency_key": ins["idempotency_key"],
-                "payee_type": ins["borrower_type"], "payee_id": ins["borrower_id"], "amount_fen": ins["amount_fen"],
-            }, {"status": "pending", "attempts": 0, "created_at": now})
+        ins, entries, items = plan.take(post)
+        n = len(ins["instruction_id"])
+        if n:
+            numbers = _instruction_numbers(conn, n)
+            _bulk_insert(conn, t["payment_instructions"], {"instruction_no": numbers, **ins},
+                         {"run_id": run_id, "fence": fence, "created_at": now})
+            _bulk_insert(conn, t["instruction_items"], plan.stored_items(post), {})
+            _bulk_insert(conn, t["ledger_entries"], {**entries, "instruction_id": ins["instruction_id"]},
+                         {"posted_at": now})
+            _outbox_rows(conn, numbers)
             delta: dict[str, int] = {}
-            for a, d, c in zip(legs["account"], legs["debit_fen"], legs["credit_fen"]):
-                if a != CLEARING:  # the house accounts keep no running balance
-                    delta[a] = delta.get(a, 0) + d - c
+            for d, c, a in zip(entries["debit_account"], entries["credit_account"], entries["amount_fen"]):
+                delta[d] = delta.get(d, 0) + a
+                delta[c] = delta.get(c, 0) - a
             conn.execute(sa.update(acc).where(acc.c.account == sa.bindparam("a")).values(
                 balance_fen=acc.c.balance_fen + sa.bindparam("d"), updated_at=now),
-                [{"a": a, "d": d} for a, d in delta.items()])
+                [{"a": a, "d": d} for a, d in delta.items() if a not in (CLEARING, NOSTRO)])  # house: no balance
+        # holds of these items from an earlier run go (a concurrent run's were committed before it
+        # released the borrowers' account rows we hold now)
         ph = t["payment_holds"]
-        _where_in(conn, ph, "item_key", plan.take(rows)[1]["item_key"], delete=True)
+        held_before = {r[0] for r in _where_in(conn, ph, "borrower_id", ids, select="item_key")}
+        if held_before:
+            _where_in(conn, ph, "item_key", [k for k in plan.take(rows)[2]["item_key"] if k in held_before],
+                      delete=True)
         if hold:
-            held_ins, held_items, _ = plan.take(list(hold))
+            held_ins, _, held_items = plan.take(list(hold))
             owner = dict(zip(held_ins["instruction_id"], zip(held_ins["borrower_type"], held_ins["borrower_id"],
                                                                [hold[j] for j in hold], held_ins["source_batch"])))
             conn.execute(ph.insert(), [
                 {"item_key": k, "borrower_type": owner[i][0], "borrower_id": owner[i][1], "amount_fen": a,
                  "reason": owner[i][2], "source_batch": owner[i][3], "run_id": run_id, "checked_at": now}
                 for k, i, a in zip(held_items["item_key"], held_items["instruction_id"], held_items["amount_fen"])])
-    totals.instructions += len(ins["instruction_id"])
+    totals.instructions += n
     totals.items += len(items["item_key"])
-    totals.postings += len(legs["entry_id"])
+    totals.postings += 2 * n  # each entry: its debit leg and its credit leg
     totals.amount_fen += sum(ins["amount_fen"])
     return dict(Counter(hold.values()))
 
@@ -479,8 +552,7 @@ def send_outbox(rail: PaymentRail, warehouse: Warehouse | None = None, *, batch:
     w = warehouse or Warehouse.from_conn()
     ob = w.lending["payment_outbox"]
     with w.engine.connect() as conn:
-        pending = pd.read_sql(sa.select(ob).where(ob.c.status == "pending").order_by(ob.c.created_at,
-                                                                                      ob.c.instruction_id), conn)
+        pending = pd.read_sql(sa.select(ob).where(ob.c.status == "pending").order_by(ob.c.instruction_no), conn)
     sent = accepted = replayed = 0
     refused: list[str] = []
     for i in range(0, len(pending), batch):
@@ -488,14 +560,15 @@ def send_outbox(rail: PaymentRail, warehouse: Warehouse | None = None, *, batch:
         payments = [{"idempotency_key": r.idempotency_key, "instruction_id": r.instruction_id,
                      "payee_type": r.payee_type, "payee_id": r.payee_id, "amount_fen": int(r.amount_fen)}
                     for r in part.itertuples()]
+        number = dict(zip(part.idempotency_key, part.instruction_no.astype(int).tolist()))
         with w.engine.begin() as conn:
-            conn.execute(sa.update(ob).where(ob.c.instruction_id.in_(part.instruction_id.tolist())).values(
+            conn.execute(sa.update(ob).where(ob.c.instruction_no.in_(list(number.values()))).values(
                 attempts=ob.c.attempts + 1))
         try:
             results = rail.pay_batch(payments)
         except RailError as exc:
             with w.engine.begin() as conn:
-                conn.execute(sa.update(ob).where(ob.c.instruction_id.in_(part.instruction_id.tolist())).values(
+                conn.execute(sa.update(ob).where(ob.c.instruction_no.in_(list(number.values()))).values(
                     last_error=str(exc)[:500]))
             raise
         now = _now()
@@ -503,14 +576,14 @@ def send_outbox(rail: PaymentRail, warehouse: Warehouse | None = None, *, batch:
         bad = [r for r in results if r["code"] not in (200, 201)]
         with w.engine.begin() as conn:
             if ok:
-                conn.execute(sa.update(ob).where(ob.c.idempotency_key == sa.bindparam("k"), ob.c.status == "pending")
+                conn.execute(sa.update(ob).where(ob.c.instruction_no == sa.bindparam("no"), ob.c.status == "pending")
                              .values(status="accepted", rail_reference=sa.bindparam("ref"), sent_at=now,
                                      last_error=None),
-                             [{"k": r["idempotency_key"], "ref": r["payment_id"]} for r in ok])
+                             [{"no": number[r["idempotency_key"]], "ref": r["payment_id"]} for r in ok])
             if bad:
-                conn.execute(sa.update(ob).where(ob.c.idempotency_key == sa.bindparam("k")).values(
+                conn.execute(sa.update(ob).where(ob.c.instruction_no == sa.bindparam("no")).values(
                     status="rejected", last_error=sa.bindparam("err")),
-                    [{"k": p["idempotency_key"], "err": r.get("error", str(r["code"]))[:500]}
+                    [{"no": number[p["idempotency_key"]], "err": r.get("error", str(r["code"]))[:500]}
                      for p, r in zip(payments, results) if r["code"] not in (200, 201)])
         sent += len(part)
         accepted += sum(r["code"] == 201 for r in ok)
@@ -533,7 +606,15 @@ def reconcile_ledger(interval_end: dt.datetime, cutoff: dt.datetime, warehouse: 
     a full reconciliation), and that every entry of the whole ledger balances and every account
     balance equals the sum of its postings; raise
     :class:`lending.disbursement.ReconciliationError` listing the differences."""
-    from lending.disbursement import ReconciliationError, plan_instructions, reconcile
+    from lending.disbursement import (
+        CREDIT_PREFIX,
+        ITEM_COLUMNS,
+        ReconciliationError,
+        entry_legs,
+        implied_items,
+        plan_instructions,
+        reconcile,
+    )
 
     w = warehouse or Warehouse.from_conn()
     t = w.lending
@@ -541,17 +622,20 @@ def reconcile_ledger(interval_end: dt.datetime, cutoff: dt.datetime, warehouse: 
     _, expected = plan_instructions(*payable(w, interval_end, cutoff, scope))
     # payments of this scope decided after the cutoff or in later batches (a later run's)
     far = dt.datetime(9999, 12, 31)
-    _, everything = plan_instructions(*payable(w, far, far, scope))
-    pi, ii, ob = t["payment_instructions"], t["instruction_items"], t["payment_outbox"]
+    planned, everything = plan_instructions(*payable(w, far, far, scope))
+    pi, ii, ob, le = t["payment_instructions"], t["instruction_items"], t["payment_outbox"], t["ledger_entries"]
+    ins_cols = (pi.c.instruction_id, pi.c.idempotency_key, pi.c.amount_fen, pi.c.source_batch)
+
+    def by_keys(conn, table: sa.Table, cols, column: sa.Column, keys: list[str], empty: list[str]) -> pd.DataFrame:
+        parts = [pd.read_sql(sa.select(*cols).where(column.in_(keys[i:i + 5_000])), conn)
+                 for i in range(0, len(keys), 5_000)]
+        return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=empty)
+
     with w.engine.connect() as conn:
         held = pd.read_sql(sa.select(t["payment_holds"].c.item_key), conn)
-        keys = everything.item_key.tolist()
-        items = pd.concat([pd.read_sql(sa.select(ii).where(ii.c.item_key.in_(keys[i:i + 5_000])), conn)
-                           for i in range(0, len(keys), 5_000)] or [pd.DataFrame(columns=["item_key",
-                                                                                        "instruction_id",
-                                                                                        "amount_fen"])],
-                          ignore_index=True)
-        ins_q = sa.select(pi.c.instruction_id, pi.c.amount_fen, pi.c.source_batch)
+        credit_keys = [k for k in everything.item_key.tolist() if k.startswith(CREDIT_PREFIX)]
+        stored = by_keys(conn, ii, [ii], ii.c.item_key, credit_keys, ITEM_COLUMNS)
+        ins_q = sa.select(*ins_cols)
         if scope.since is not None:  # the scope's instructions: by batch, and those carrying its items
             ins_q = ins_q.where(sa.or_(pi.c.source_batch >= f"approve.{scope.since:%Y%m%d}",
                                        pi.c.source_batch.in_(list(scope.held_batches))))
@@ -561,18 +645,18 @@ def reconcile_ledger(interval_end: dt.datetime, cutoff: dt.datetime, warehouse: 
                       & (ins.source_batch >= f"approve.{scope.since:%Y%m%d}")
                       | ins.source_batch.str.startswith("sc.") & (ins.source_batch >= f"sc.{scope.since:%Y%m%dT%H%M}")
                       | ins.source_batch.isin(scope.held_batches)]
-            extra = sorted(set(items.instruction_id) - set(ins.instruction_id))
-            if extra:
-                ins = pd.concat([ins] + [pd.read_sql(sa.select(pi.c.instruction_id, pi.c.amount_fen,
-                                                               pi.c.source_batch).where(
-                    pi.c.instruction_id.in_(extra[i:i + 5_000])), conn) for i in range(0, len(extra), 5_000)],
-                    ignore_index=True)
-        p = t["ledger_postings"]
-        legs = pd.read_sql(sa.select(p.c.entry_id, p.c.instruction_id, p.c.account, p.c.debit_fen, p.c.credit_fen),
-                           conn)
+            # instructions of the scope's payable items in other batches (a review approved later), by key
+            extra = sorted(set(planned.idempotency_key) - set(ins.idempotency_key))
+            ins = pd.concat([ins, by_keys(conn, pi, ins_cols, pi.c.idempotency_key, extra, list(ins.columns))],
+                            ignore_index=True)
+        entries = pd.read_sql(sa.select(le.c.entry_id, le.c.instruction_id, le.c.debit_account, le.c.credit_account,
+                                        le.c.amount_fen, le.c.borrower_type, le.c.borrower_id), conn)
         outbox = pd.read_sql(sa.select(ob.c.instruction_id, ob.c.amount_fen), conn)
         bal = pd.read_sql(sa.select(t["ledger_accounts"].c.account, t["ledger_accounts"].c.balance_fen), conn)
-    held, items, ins, legs, outbox = map(_objects, (held, items, ins, legs, outbox))
+    held, stored, ins, entries, outbox = map(_objects, (held, stored, ins, entries, outbox))
+    # a loan's item is its instruction (not stored): rebuilt from the instruction rows
+    items = pd.concat([stored[ITEM_COLUMNS], implied_items(ins)], ignore_index=True)
+    legs = _objects(entry_legs(entries))
     ids = set(ins.instruction_id)
     later = set(everything.item_key) - set(expected.item_key)
     outside = frozenset(items.instruction_id[items.item_key.isin(later)])

@@ -179,13 +179,14 @@ def _keep_time(w: Warehouse, table: sa.Table, frame: pd.DataFrame, key: str, sam
 
 
 def _instructed(w: Warehouse, item_keys: list[str], prefix: str) -> set[str]:
-    """The business keys (without ``prefix``) of items that already have a payment instruction."""
-    items = w.lending["instruction_items"]
+    """The business keys (without ``prefix``) of loans that already have a payment instruction (a
+    loan's item key is its instruction's idempotency key; no ``instruction_items`` row is kept)."""
+    pi = w.lending["payment_instructions"]
     found: set[str] = set()
     with w.engine.connect() as conn:
         for i in range(0, len(item_keys), 5_000):
-            found.update(k.removeprefix(prefix) for k in conn.execute(sa.select(items.c.item_key).where(
-                items.c.item_key.in_(item_keys[i:i + 5_000]))).scalars())
+            found.update(k.removeprefix(prefix) for k in conn.execute(sa.select(pi.c.idempotency_key).where(
+                pi.c.idempotency_key.in_(item_keys[i:i + 5_000]))).scalars())
     return found
 
 

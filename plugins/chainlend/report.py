@@ -146,10 +146,11 @@ def supplier_credit_section(warehouse: Warehouse) -> dict:
 
 
 def disbursement_section(warehouse: Warehouse, rail_totals: dict | None = None) -> dict:
-    """``instructions``, ``amount_fen``, ``postings``, ``balanced`` (every ledger entry's debits
-    equal its credits), ``reconciled`` (a full reconciliation now: decisions = instructions =
-    postings = outbox), ``held`` per reason, ``outbox`` per status, ``repayments_posted`` and the
-    rail's own count of payments."""
+    """``instructions``, ``amount_fen``, ``postings`` (legs: two per ledger entry), ``balanced``
+    (every ledger entry's debits equal its credits, summed over the ``ledger_postings`` view),
+    ``reconciled`` (a full reconciliation now: decisions = instructions = postings = outbox),
+    ``held`` per reason, ``outbox`` per status, ``repayments_posted`` and the rail's own count of
+    payments."""
     import datetime as dt
 
     import sqlalchemy as sa
@@ -158,7 +159,8 @@ def disbursement_section(warehouse: Warehouse, rail_totals: dict | None = None) 
     from lending.disbursement import ReconciliationError
 
     t = warehouse.lending
-    i, p, h, o = t["payment_instructions"], t["ledger_postings"], t["payment_holds"], t["payment_outbox"]
+    i, e, p = t["payment_instructions"], t["ledger_entries"], t["ledger_postings"]
+    h, o = t["payment_holds"], t["payment_outbox"]
     with warehouse.engine.connect() as conn:
         n, amount = conn.execute(sa.select(sa.func.count(), sa.func.coalesce(sa.func.sum(i.c.amount_fen), 0))).one()
         postings = conn.execute(sa.select(sa.func.count()).select_from(p)).scalar()
@@ -167,8 +169,7 @@ def disbursement_section(warehouse: Warehouse, rail_totals: dict | None = None) 
                 sa.func.sum(p.c.debit_fen) != sa.func.sum(p.c.credit_fen)).subquery())).scalar()
         held = dict(conn.execute(sa.select(h.c.reason, sa.func.count()).group_by(h.c.reason)).all())
         outbox = dict(conn.execute(sa.select(o.c.status, sa.func.count()).group_by(o.c.status)).all())
-        repaid = conn.execute(sa.select(sa.func.count(sa.distinct(p.c.entry_id))).where(
-            p.c.entry_id.like("repay:%"))).scalar()
+        repaid = conn.execute(sa.select(sa.func.count()).where(e.c.entry_id.like("repay:%"))).scalar()
     now = dt.datetime.now(dt.UTC).replace(tzinfo=None)
     try:
         reconcile_ledger(dt.datetime(9999, 12, 31), now, warehouse, scope=EVERYTHING)

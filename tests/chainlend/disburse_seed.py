@@ -86,11 +86,12 @@ def counts(w: Warehouse) -> dict[str, int]:
     t = w.lending
     with w.engine.connect() as conn:
         return {name: conn.execute(sa.select(sa.func.count()).select_from(t[name])).scalar_one()
-                for name in ("payment_instructions", "instruction_items", "ledger_postings", "payment_outbox",
-                             "payment_holds")}
+                for name in ("payment_instructions", "instruction_items", "ledger_entries", "ledger_postings",
+                             "payment_outbox", "payment_holds")}
 
 
 def ledger(w: Warehouse) -> list[tuple]:
+    """Every posting (leg), through the ``ledger_postings`` view on the entries."""
     p = w.lending["ledger_postings"]
     with w.engine.connect() as conn:
         return [tuple(r) for r in conn.execute(sa.select(p).order_by(p.c.posting_id))]

@@ -1,6 +1,9 @@
 """Disbursement pays exactly once: the ``disburse_credit`` DAG under Airflow, SIGKILL mid-run,
 a zombie attempt, two runs at once on PostgreSQL, a payment rail that times out after accepting,
-freezes and limits at posting time, immutable postings. Real databases and a real HTTP rail."""
+freezes and limits at posting time; the ledger's guarantees in the database (immutable entries,
+the entry CHECKs, one instruction per loan, one per credit, one entry per id) on SQLite,
+PostgreSQL and MariaDB; repayments and the report on the same ledger. Real databases and a real
+HTTP rail."""
 
 from __future__ import annotations
 
@@ -13,6 +16,8 @@ import time
 from pathlib import Path
 
 import disburse_seed as S
+import numpy as np
+import pandas as pd
 import pytest
 import sqlalchemy as sa
 
@@ -218,14 +223,116 @@ def test_limit_cut_holds_what_does_not_fit(tmp_path):
     assert posted["instructions"] == 2 and posted["held_over_limit"] == 2
 
 
-@pytest.mark.parametrize("dialect", ["sqlite", "postgresql"])
-def test_postings_are_immutable(dialect, tmp_path, request):
-    url = f"sqlite:///{tmp_path / 'w.db'}" if dialect == "sqlite" else request.getfixturevalue("postgres_url")
-    w = S.warehouse(url)
+DIALECTS = ["sqlite", "postgresql", pytest.param("mariadb", marks=pytest.mark.mariadb)]
+
+
+def _url(dialect: str, tmp_path, request) -> str:
+    if dialect == "sqlite":
+        return f"sqlite:///{tmp_path / 'w.db'}"
+    return request.getfixturevalue("postgres_url" if dialect == "postgresql" else "mariadb_url")
+
+
+@pytest.mark.parametrize("dialect", DIALECTS)
+def test_ledger_entries_are_immutable(dialect, tmp_path, request):
+    w = S.warehouse(_url(dialect, tmp_path, request))
     S.seed(w, dealers=1, suppliers=1)
     _post(w)
-    p = w.lending["ledger_postings"]
-    for stmt in (sa.update(p).values(debit_fen=p.c.debit_fen + 1), sa.delete(p)):
-        with pytest.raises(sa.exc.DatabaseError, match="immutable"), w.engine.begin() as conn:
+    e, p = w.lending["ledger_entries"], w.lending["ledger_postings"]
+    for stmt in (sa.update(e).values(amount_fen=e.c.amount_fen + 1), sa.update(e).values(debit_account="nostro"),
+                 sa.delete(e)):
+        with pytest.raises(sa.exc.DatabaseError, match="ledger_entries are immutable"), w.engine.begin() as conn:
             conn.execute(stmt)
-    assert len(S.ledger(w)) == 2 * S.counts(w)["payment_instructions"]
+    for stmt in (sa.update(p).values(debit_fen=p.c.debit_fen + 1), sa.delete(p)):  # a view: not writable
+        with pytest.raises(sa.exc.DatabaseError), w.engine.begin() as conn:
+            conn.execute(stmt)
+    counts = S.counts(w)
+    assert len(S.ledger(w)) == counts["ledger_postings"] == 2 * counts["ledger_entries"] == 2 * counts[
+        "payment_instructions"]
+
+
+@pytest.mark.parametrize("dialect", DIALECTS)
+def test_the_database_refuses_a_second_instruction_item_or_entry_and_bad_entries(dialect, tmp_path, request):
+    from chainlend.lending_ops import _instructed
+    from lending.disbursement import ENTRY_COLUMNS, entry_legs, reversal_entries
+
+    w = S.warehouse(_url(dialect, tmp_path, request))
+    S.seed(w, dealers=1, loans_per_dealer=2, suppliers=1, credits_per_supplier=2)
+    _post(w)
+    t = w.lending
+    pi, ii, le = t["payment_instructions"], t["instruction_items"], t["ledger_entries"]
+    with w.engine.connect() as conn:
+        loan = dict(conn.execute(sa.select(pi).where(pi.c.kind == "dealer_loan").order_by(pi.c.instruction_no)
+                                 ).mappings().first())
+        top = conn.execute(sa.select(sa.func.max(pi.c.instruction_no))).scalar_one()
+        item = dict(conn.execute(sa.select(ii).order_by(ii.c.item_key)).mappings().first())
+        entries = pd.read_sql(sa.select(le).order_by(le.c.entry_no), conn)
+        view = pd.read_sql(sa.select(t["ledger_postings"]).order_by(t["ledger_postings"].c.posting_id), conn)
+    assert S.counts(w)["instruction_items"] == 2  # the credits; a loan has no item row (its key is unique)
+    # what approval reads so as not to decide a paid loan again: the instruction's key
+    assert _instructed(w, [loan["idempotency_key"], "loan:NOPE"], "loan:") == {loan["idempotency_key"][5:]}
+    # the view shows each entry as its debit leg and its credit leg
+    legs = entry_legs(entries[[*ENTRY_COLUMNS, "instruction_id"]]).assign(
+        posting_id=np.concatenate([2 * entries.entry_no - 1, 2 * entries.entry_no]))
+    cols = ["posting_id", "entry_id", "instruction_id", "account", "debit_fen", "credit_fen"]
+    assert view[cols].astype(str).values.tolist() == legs.sort_values("posting_id")[cols].astype(str).values.tolist()
+    entry = {c: entries[c].iloc[0] for c in [*ENTRY_COLUMNS, "instruction_id"]}
+    entry = {**{k: v.item() if hasattr(v, "item") else v for k, v in entry.items()}, "posted_at": S.DECIDED}
+    refused = [
+        (pi, {**loan, "instruction_no": top + 1, "instruction_id": "pi_again"}, "uq_payment_instructions_key|idem"),
+        (ii, {**item, "instruction_id": "pi_other"}, "item_key|instruction_items_pkey|PRIMARY"),
+        (le, entry, "uq_ledger_entries_entry|entry_id"),
+        (le, {**entry, "entry_id": "test:zero", "amount_fen": 0}, "ck_entry_amount_positive"),
+        (le, {**entry, "entry_id": "test:negative", "amount_fen": -5}, "ck_entry_amount_positive"),
+        (le, {**entry, "entry_id": "test:one-account", "credit_account": entry["debit_account"]},
+         "ck_entry_two_accounts"),
+    ]
+    for table, row, match in refused:
+        with pytest.raises(sa.exc.DatabaseError, match=match), w.engine.begin() as conn:
+            conn.execute(table.insert(), row)
+    # a correction is a new entry: the reversal posts once
+    rev = reversal_entries(entries, [entry["entry_id"]]).assign(instruction_id=entry["instruction_id"],
+                                                                posted_at=S.DECIDED)
+    with w.engine.begin() as conn:
+        conn.execute(le.insert(), rev.to_dict("records"))
+    with pytest.raises(sa.exc.DatabaseError, match="uq_ledger_entries_entry|entry_id"), w.engine.begin() as conn:
+        conn.execute(le.insert(), rev.to_dict("records"))
+    assert S.counts(w)["ledger_entries"] == len(entries) + 1
+
+
+def test_repayments_post_entries_once_and_the_report_reads_the_ledger(tmp_path, rail):
+    from chainlend.disbursement_ops import EVERYTHING, reconcile_ledger
+    from chainlend.lending_ops import SUPPLIER_CREDIT_TERM_DAYS
+    from chainlend.monitoring_ops import post_repayments
+    from chainlend.report import disbursement_section
+    from sources.contract import table as contract_table
+
+    w = S.warehouse(f"sqlite:///{tmp_path / 'w.db'}")
+    expected = S.seed(w, dealers=2, loans_per_dealer=2, suppliers=2, credits_per_supplier=2)
+    posted = _post(w)
+    _send_and_reconcile(w, rail, posted)
+    repayments = w.published(contract_table("dealer", "loan_repayments"))
+    w.metadata.create_all(w.engine)
+    paid_at = S.DECIDED + dt.timedelta(days=30)
+    with w.engine.begin() as conn:  # dealer D00000 repays its loan LA000000001 (10,000,001 fen)
+        conn.execute(repayments.insert(), {"repayment_id": "R1", "application_id": "LA000000001", "dealer_id": "D00000",
+                                           "amount_fen": 10_000_001, "due_on": S.DAY, "paid_at": paid_at,
+                                           "updated_at": paid_at, "_batch_id": "test", "_seq": 1})
+    later = S.DAY + dt.timedelta(days=SUPPLIER_CREDIT_TERM_DAYS + 1)  # every supplier credit settled too
+    result = post_repayments(later, w)
+    supplier_instructions = expected["instructions"] - expected["loans"]
+    assert (result["loans"], result["supplier_settlements"]) == (1, supplier_instructions)
+    assert post_repayments(later, w)["repayments_posted"] == 0  # posted once: the entry ids are unique
+    acc = w.lending["ledger_accounts"]
+    with w.engine.connect() as conn:
+        balances = dict(conn.execute(sa.select(acc.c.account, acc.c.balance_fen)).all())
+    # each dealer drew LA…0000 (10,000,000 fen) and LA…0001 (10,000,001 fen); D00000 repaid the second
+    assert (balances["loans_receivable:D00000"], balances["loans_receivable:D00001"]) == (10_000_000, 20_000_001)
+    assert {a: b for a, b in balances.items() if a.startswith("supplier")} == {
+        "supplier_receivable:S00000": 0, "supplier_receivable:S00001": 0}
+    assert reconcile_ledger(S.INTERVAL_END, dt.datetime.fromisoformat(posted["cutoff"]), w, scope=EVERYTHING).reconciled
+    report = disbursement_section(w, rail.totals())
+    entries = expected["instructions"] + 1 + supplier_instructions
+    assert (report["instructions"], report["postings"], report["repayments_posted"]) == (
+        expected["instructions"], 2 * entries, 1 + supplier_instructions)
+    assert report["balanced"] and report["reconciled"] and report["differences"] == []
+    assert report["outbox"] == {"accepted": expected["instructions"]} and report["amount_fen"] == expected["amount_fen"]

@@ -2,7 +2,8 @@
 
 Parametrised tables for each function and its failure paths, one test per kind of difference
 :func:`reconcile` reports, and hypothesis properties: disbursement legs always balance, legs plus
-their reversals net to zero on every account, and an instruction's items add up to it."""
+their reversals (and entries plus their reversal entries) net to zero on every account, an
+instruction's items add up to it, and the stored items plus the implied ones are the plan's."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from hypothesis import strategies as st
 
 from lending.disbursement import (
     CLEARING,
+    ENTRY_COLUMNS,
     INSTRUCTION_COLUMNS,
     ITEM_COLUMNS,
     LEG_COLUMNS,
@@ -24,13 +26,20 @@ from lending.disbursement import (
     account_deltas,
     apply_limits,
     check_balanced,
+    check_entries,
+    disbursement_entries,
     disbursement_legs,
+    entry_legs,
+    implied_items,
     instruction_id,
     plan_instructions,
     receivable_account,
     reconcile,
+    repayment_entries,
     repayment_legs,
+    reversal_entries,
     reversal_legs,
+    stored_items,
 )
 
 SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -265,6 +274,92 @@ def test_repayment_amounts_must_be_positive_integers(amount):
 def test_no_repayments_no_legs():
     rp = pd.DataFrame({"entry_id": [], "borrower_type": [], "borrower_id": [], "amount_fen": []})
     assert repayment_legs(rp).empty
+
+
+# --------------------------------------------------------------------------------------------
+# entries: one row per balanced entry (what ledger_entries stores), its two legs
+
+
+def test_a_disbursement_is_one_entry_per_instruction():
+    ins, _ = plan_instructions(loans(("LA1", "D7", 900)), credits(("V1", SC1, "S3", 400), ("V2", SC1, "S3", 500)))
+    entries = disbursement_entries(ins)
+    assert list(entries.columns) == ENTRY_COLUMNS
+    assert entries.to_dict("records") == [
+        {"entry_id": "disb:loan:LA1", "debit_account": "loans_receivable:D7", "credit_account": CLEARING,
+         "amount_fen": 900, "borrower_type": "dealer", "borrower_id": "D7"},
+        {"entry_id": f"disb:sc:{SC1}:S3", "debit_account": "supplier_receivable:S3", "credit_account": CLEARING,
+         "amount_fen": 900, "borrower_type": "supplier", "borrower_id": "S3"}]
+    check_entries(entries)
+    assert disbursement_entries(ins.iloc[:0]).empty
+
+
+def test_an_entry_is_its_debit_leg_and_its_credit_leg():
+    ins, _ = plan_instructions(loans(("LA1", "D1", 5), ("LA2", "D2", 7)), NO_CREDITS)
+    entries = disbursement_entries(ins).assign(instruction_id=ins.instruction_id.to_numpy())
+    legs = entry_legs(entries)
+    assert list(legs.columns) == [*LEG_COLUMNS, "instruction_id"]  # other columns ride on both legs
+    assert [(r.entry_id, r.account, r.debit_fen, r.credit_fen, r.instruction_id) for r in legs.itertuples()] == [
+        ("disb:loan:LA1", "loans_receivable:D1", 5, 0, ins.instruction_id[0]),
+        ("disb:loan:LA2", "loans_receivable:D2", 7, 0, ins.instruction_id[1]),
+        ("disb:loan:LA1", CLEARING, 0, 5, ins.instruction_id[0]),
+        ("disb:loan:LA2", CLEARING, 0, 7, ins.instruction_id[1])]
+    check_balanced(legs)
+    pd.testing.assert_frame_equal(entry_legs(disbursement_entries(ins)), disbursement_legs(ins))
+
+
+def test_a_repayment_entry_debits_nostro_and_credits_the_receivable():
+    rp = pd.DataFrame({"entry_id": ["repay:loan:LA1", "repay:sc:x:S1"], "borrower_type": ["dealer", "supplier"],
+                       "borrower_id": ["D1", "S1"], "amount_fen": [300, 40]})
+    entries = repayment_entries(rp)
+    assert [(r.entry_id, r.debit_account, r.credit_account, r.amount_fen) for r in entries.itertuples()] == [
+        ("repay:loan:LA1", NOSTRO, "loans_receivable:D1", 300), ("repay:sc:x:S1", NOSTRO, "supplier_receivable:S1", 40)]
+    check_entries(entries)
+    with pytest.raises(LedgerError, match="repayment amounts"):
+        repayment_entries(rp.assign(amount_fen=[300, 0]))
+
+
+def test_a_reversal_entry_swaps_the_accounts():
+    ins, _ = plan_instructions(loans(("LA1", "D1", 700), ("LA2", "D2", 500)), NO_CREDITS)
+    entries = disbursement_entries(ins)
+    rev = reversal_entries(entries, ["disb:loan:LA2"])
+    assert rev.to_dict("records") == [{"entry_id": "rev:disb:loan:LA2", "debit_account": CLEARING,
+                                       "credit_account": "loans_receivable:D2", "amount_fen": 500,
+                                       "borrower_type": "dealer", "borrower_id": "D2"}]
+    pd.testing.assert_frame_equal(entry_legs(rev)[LEG_COLUMNS].sort_values("account", ignore_index=True),
+                                  reversal_legs(entry_legs(entries), "disb:loan:LA2").sort_values(
+                                      "account", ignore_index=True), check_dtype=False)
+    with pytest.raises(LedgerError, match=r"entry 'disb:loan:NOPE' has no postings"):
+        reversal_entries(entries, ["disb:loan:LA1", "disb:loan:NOPE"])
+
+
+def _entry(entry_id="e1", debit="a", credit="b", amount=5):
+    return (entry_id, debit, credit, amount, "dealer", "D1")
+
+
+@pytest.mark.parametrize(("bad", "message"), [
+    pytest.param([_entry(amount=0)], r"positive integer amount; bad entries \['e1'\]", id="zero"),
+    pytest.param([_entry(amount=-5)], r"positive integer amount; bad entries \['e1'\]", id="negative"),
+    pytest.param([_entry(amount=2.5)], r"positive integer amount; bad entries \['e1'\]", id="fraction"),
+    pytest.param([_entry(amount=None)], r"positive integer amount; bad entries \['e1'\]", id="missing"),
+    pytest.param([_entry(credit="a")], r"two different accounts; bad entries \['e1'\]", id="one account"),
+    pytest.param([_entry(), _entry(amount=7)], r"entry ids repeat: \['e1'\]", id="an id twice"),
+])
+def test_check_entries_names_what_the_ledger_would_refuse(bad, message):
+    good = [_entry("ok1"), _entry("ok2", "c", "d", 9)]
+    with pytest.raises(LedgerError, match=message) as info:
+        check_entries(pd.DataFrame(good + bad, columns=ENTRY_COLUMNS))
+    assert "ok" not in str(info.value)
+    check_entries(pd.DataFrame(good, columns=ENTRY_COLUMNS))
+
+
+def test_a_loans_item_is_implied_by_its_instruction_and_only_credits_are_stored():
+    ins, items = plan_instructions(loans(("LA1", "D1", 10), ("LA2", "D2", 20)),
+                                   credits(("V1", SC1, "S1", 3), ("V2", SC1, "S1", 4)))
+    assert stored_items(items).item_key.tolist() == ["credit:V1:S1", "credit:V2:S1"]
+    assert implied_items(ins).to_dict("records") == [
+        {"item_key": "loan:LA1", "instruction_id": instruction_id("loan:LA1"), "amount_fen": 10},
+        {"item_key": "loan:LA2", "instruction_id": instruction_id("loan:LA2"), "amount_fen": 20}]
+    assert list(implied_items(ins.iloc[:0]).columns) == ITEM_COLUMNS
 
 
 # --------------------------------------------------------------------------------------------
@@ -521,6 +616,30 @@ def test_legs_plus_their_reversals_net_to_zero_on_every_account(world, rnd: rand
     check_balanced(revs)
     deltas = account_deltas(pd.concat([legs, revs], ignore_index=True))
     assert (deltas == 0).all() and set(deltas.index) == set(legs.account)
+
+
+@SETTINGS
+@given(payables(), st.randoms(use_true_random=False))
+def test_entries_plus_their_reversal_entries_net_to_zero(world, rnd: random.Random):
+    ins, _ = plan_instructions(*world)
+    entries = disbursement_entries(ins)
+    check_entries(entries)
+    ids = list(entries.entry_id)
+    rnd.shuffle(ids)
+    rev = reversal_entries(entries, ids)
+    check_entries(pd.concat([entries, rev], ignore_index=True))
+    legs = entry_legs(pd.concat([entries, rev], ignore_index=True))
+    check_balanced(legs)
+    assert (account_deltas(legs) == 0).all() and len(legs) == 4 * len(ins)
+
+
+@SETTINGS
+@given(payables())
+def test_stored_plus_implied_items_are_the_plans_items(world):
+    ins, items = plan_instructions(*world)
+    rebuilt = pd.concat([stored_items(items), implied_items(ins)], ignore_index=True)
+    assert sorted(map(tuple, rebuilt.astype(str).values)) == sorted(map(tuple, items.astype(str).values))
+    assert not stored_items(items).item_key.isin(ins.idempotency_key).any()
 
 
 @SETTINGS
