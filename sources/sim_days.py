@@ -33,6 +33,21 @@ TERMS = np.array([30, 60, 90])
 TERM_EFFECT = {30: -0.25, 60: 0.0, 90: 0.25}
 GOOD_MAX_DAYS_LATE = 25  # a loan that is not going to default is repaid < 30 days past due
 
+# The laws of the future events a day decides (drawn by the functions below, in play_day's
+# order): the conditional oracle (sources.sim_oracle) integrates over the same laws.
+APP_LAGS = (0, 1, 2)  # business days from buying a financed car to its loan application ...
+APP_LAG_P = (0.75, 0.2, 0.05)  # ... capped at the days to its sale minus one
+SLOW_REPAYER_P = 0.1  # P(slow) = sigmoid(logit(0.1) + repayment view) for a loan that will not default
+SLOW_AFTER_SALE_MEAN = (3.0, 5.0)  # slow: 1 + round(Exp(3 + 5 max(view, 0))) business days after the sale
+SLOW_AT_DUE_MEAN = (3.0, 6.0)  # slow, car unsold at due: round(Exp(3 + 6 max(view, 0))) days after due
+FAST_AFTER_SALE = 3  # otherwise 0, 1 or 2 business days after the sale ...
+FAST_EARLY = 4  # ... or 0-3 days before due
+INSTALMENT_LATE_P = 0.08  # a supplier instalment is late with P = sigmoid(logit(0.08) + view) ...
+INSTALMENT_LATE_MEAN = (2.0, 5.0)  # ... by 1 + round(Exp(2 + 5 max(view, 0))) days ...
+INSTALMENT_MAX_LATE = 45  # ... at most 45 ...
+INSTALMENT_EARLY_P = 0.3  # ... otherwise paid on the due date or, with P 0.3, 1-3 days early
+INSTALMENT_EARLY_MAX = 3
+
 
 @dataclass
 class State:
@@ -63,6 +78,13 @@ class DayOutput:
     pending: dict[str, dict[str, np.ndarray]]  # new future events (write_on > day)
     oracle_pd: dict[str, np.ndarray]
     oracle_loans: dict[str, np.ndarray]
+    # latent state the conditional oracle needs (sources.sim_oracle), never read by the pipeline
+    oracle_macro: dict[str, np.ndarray]  # as_of, macro: the common factor after the day's step
+    oracle_instalments: dict[str, np.ndarray]  # every supplier instalment the day created
+    # the key of every repayment row the day wrote and what it repays (a fault can change the
+    # row's references, never its key): which loans and instalments a lost row leaves unpaid
+    oracle_loan_repayments: dict[str, np.ndarray]
+    oracle_supplier_repayments: dict[str, np.ndarray]
     counts: dict[str, int] = field(default_factory=dict)
 
 
@@ -99,6 +121,59 @@ def initial_state(world: w.World, seed: int) -> State:
         supplier_u=rng.normal(0.0, w.AR_SD, world.n_suppliers),
         supplier_defaulted_on=np.full(world.n_suppliers, -1, dtype=np.int64),
     )
+
+
+def latent_step(x, phi: float, sigma: float, shock):
+    """One business day of an AR(1) latent component: ``phi * x + sigma * shock``."""
+    return phi * x + sigma * shock
+
+
+def supplier_hazard(pd_s: np.ndarray) -> np.ndarray:
+    """The daily default probability of a supplier whose 12-month (250 business days) PD is ``pd_s``."""
+    return 1.0 - (1.0 - pd_s) ** (1.0 / w.SUPPLIER_PD_HORIZON_BDAYS)
+
+
+def days_to_sale(rng: np.random.Generator, dts_mean: np.ndarray) -> np.ndarray:
+    """Business days from buying each car to selling it: ``max(1, round(Gamma(2, dts_mean / 2)))``."""
+    return np.maximum(1, np.round(rng.gamma(2.0, dts_mean / 2.0))).astype(np.int64)
+
+
+def instalment_pay_offsets(rng: np.random.Generator, view: np.ndarray) -> np.ndarray:
+    """Days after (> 0) or before (<= 0) its due date that a paying supplier pays each instalment.
+
+    ``view`` is the supplier's risk as its late-payment habit shows it (:func:`seen_s`) on the
+    day the instalment is created. The pay day is ``bday_roll(due + offset)``, at the earliest
+    the next business day.
+    """
+    n = len(view)
+    is_late = rng.random(n) < w.sigmoid(w.logit(INSTALMENT_LATE_P) + 1.0 * view)
+    late_days = np.minimum(INSTALMENT_MAX_LATE, 1 + np.round(rng.exponential(
+        INSTALMENT_LATE_MEAN[0] + INSTALMENT_LATE_MEAN[1] * np.maximum(view, 0.0)))).astype(np.int64)
+    early_days = np.where(rng.random(n) < INSTALMENT_EARLY_P, rng.integers(1, INSTALMENT_EARLY_MAX + 1, n), 0)
+    return np.where(is_late, late_days, -early_days)
+
+
+def good_loan_pay_days(rng: np.random.Generator, view: np.ndarray, sale_on: np.ndarray,
+                       due_day: np.ndarray) -> np.ndarray:
+    """The day each loan that will not default is repaid (before the floor at the next business day).
+
+    ``view`` is the dealer's risk as its repayment habit shows it (:func:`seen_d`) on the
+    application day. A slow payer (P = sigmoid(logit(0.1) + view)) repays 1 + round(Exp(3 + 5
+    max(view, 0))) business days after the sale, or, when the car is unsold at the due date,
+    round(Exp(3 + 6 max(view, 0))) days after it; the others 0-2 business days after the sale or
+    0-3 days before the due date. Never later than the last business day <= due + 25.
+    """
+    n = len(view)
+    sold_first = sale_on <= due_day
+    slow = rng.random(n) < w.sigmoid(w.logit(SLOW_REPAYER_P) + 1.0 * view)
+    after_sale = np.where(slow, 1 + np.round(rng.exponential(
+        SLOW_AFTER_SALE_MEAN[0] + SLOW_AFTER_SALE_MEAN[1] * np.maximum(view, 0.0), n)),
+        rng.integers(0, FAST_AFTER_SALE, n)).astype(np.int64)
+    at_due = np.where(slow, np.round(rng.exponential(
+        SLOW_AT_DUE_MEAN[0] + SLOW_AT_DUE_MEAN[1] * np.maximum(view, 0.0), n)),
+        -rng.integers(0, FAST_EARLY, n)).astype(np.int64)
+    pay_good = np.where(sold_first, w.bday_add(sale_on, after_sale), w.bday_roll(due_day + at_due))
+    return np.minimum(pay_good, _bday_backward(due_day + GOOD_MAX_DAYS_LATE))
 
 
 def seen_d(world: w.World, r: np.ndarray, who: np.ndarray, behaviour: str) -> np.ndarray:
@@ -208,9 +283,9 @@ def play_day(world: w.World, st: State, scale, seed: int, day: int, k: int,
 
     # ---- latent risk
     rl = w.stream(seed, k, "latent")
-    st.macro = w.MACRO_PHI * st.macro + w.MACRO_SIGMA * float(rl.normal())
-    st.dealer_u = w.AR_PHI * st.dealer_u + w.AR_SIGMA * rl.normal(size=nd)
-    st.supplier_u = w.AR_PHI * st.supplier_u + w.AR_SIGMA * rl.normal(size=ns)
+    st.macro = latent_step(st.macro, w.MACRO_PHI, w.MACRO_SIGMA, float(rl.normal()))
+    st.dealer_u = latent_step(st.dealer_u, w.AR_PHI, w.AR_SIGMA, rl.normal(size=nd))
+    st.supplier_u = latent_step(st.supplier_u, w.AR_PHI, w.AR_SIGMA, rl.normal(size=ns))
     z_d = world.dealer_a + st.dealer_u + world.dealer_b * st.macro
     z_s = world.supplier_a + st.supplier_u + world.supplier_b * st.macro
     r_d = z_d - world.dealer_mu
@@ -219,7 +294,7 @@ def play_day(world: w.World, st: State, scale, seed: int, day: int, k: int,
 
     # ---- events: supplier defaults, dealer blocks
     re = w.stream(seed, k, "events")
-    hazard = 1.0 - (1.0 - pd_s) ** (1.0 / w.SUPPLIER_PD_HORIZON_BDAYS)
+    hazard = supplier_hazard(pd_s)
     newly_defaulted = (st.supplier_defaulted_on < 0) & (re.random(ns) < hazard)
     st.supplier_defaulted_on[newly_defaulted] = day
     defaulted = st.supplier_defaulted_on >= 0
@@ -357,15 +432,16 @@ def play_day(world: w.World, st: State, scale, seed: int, day: int, k: int,
     rep_row, rep_sup, rep_amt = rep_row[ok], rep_sup[ok], rep_amt[ok]
     n_i = len(rep_row)
     rr = seen_s(world, r_s, rep_sup, "late_payment")
-    is_late = rng.random(n_i) < w.sigmoid(w.logit(0.08) + 1.0 * rr)
-    late_days = np.minimum(45, 1 + np.round(rng.exponential(2.0 + 5.0 * np.maximum(rr, 0.0)))).astype(np.int64)
-    early_days = np.where(rng.random(n_i) < 0.3, rng.integers(1, 4, n_i), 0)
+    offsets = instalment_pay_offsets(rng, rr)
     i_due = due_on[conf][rep_row]
-    pay_on = w.bday_roll(i_due + np.where(is_late, late_days, -early_days))
+    pay_on = w.bday_roll(i_due + offsets)
     pay_on = np.maximum(pay_on, w.bday_add(np.full(n_i, day), 1))
     pending["supplier_repayments"] = {
         "supplier_idx": rep_sup, "payable_id": payable_ids[conf][rep_row], "amount_fen": rep_amt,
         "due_on": i_due, "confirmed_at": confirmed_at[conf][rep_row], "write_on": pay_on}
+    oracle_instalments = {"supplier_id": world.supplier_ids[rep_sup], "payable_id": payable_ids[conf][rep_row],
+                          "created_on": np.full(n_i, day, dtype=np.int64), "due_on": i_due, "pay_on": pay_on,
+                          "late_view": rr}
 
     # credit memos and instalments due today
     memos = due["memos"]
@@ -387,6 +463,9 @@ def play_day(world: w.World, st: State, scale, seed: int, day: int, k: int,
         "supplier_id": world.supplier_ids[srep["supplier_idx"]], "payable_id": srep["payable_id"],
         "amount_fen": srep["amount_fen"], "due_on": srep["due_on"], "paid_at": paid_at}, rng, day, paid_at,
         min_event=srep["confirmed_at"])
+    oracle_supplier_repayments = {"repayment_id": out_erp["supplier_repayments"].cols["repayment_id"],
+                                  "payable_id": srep["payable_id"],
+                                  "supplier_id": world.supplier_ids[srep["supplier_idx"]]}
 
     # ================================================================ dealer platform
     rng = w.stream(seed, k, "dealer")
@@ -399,10 +478,10 @@ def play_day(world: w.World, st: State, scale, seed: int, day: int, k: int,
     cars = _cars(world, rng, buyer, r_d, year, st)
     acquired_at = w.event_times(rng, day, n_c, 8, 17)
     inv_batch = _batch(dealer, "inventory", _inventory_cols(world, buyer, cars, acquired_at), rng, day, acquired_at)
-    dts = np.maximum(1, np.round(rng.gamma(2.0, cars["dts_mean"] / 2.0))).astype(np.int64)
+    dts = days_to_sale(rng, cars["dts_mean"])
     sale_on = w.bday_add(np.full(n_c, day), dts)
     financed = rng.random(n_c) < w.FINANCED_SHARE
-    app_lag = np.minimum(rng.choice([0, 1, 2], n_c, p=[0.75, 0.2, 0.05]), dts - 1)
+    app_lag = np.minimum(rng.choice(list(APP_LAGS), n_c, p=list(APP_LAG_P)), dts - 1)
     st.dealer_stock += np.bincount(buyer, minlength=nd)
     pending["sales"] = {"vin": cars["vin"], "dealer_idx": buyer, "acquired_at": acquired_at,
                         "appraised_fen": cars["appraised"], "write_on": sale_on}
@@ -410,6 +489,7 @@ def play_day(world: w.World, st: State, scale, seed: int, day: int, k: int,
     pending["apps"] = {"vin": cars["vin"][later], "dealer_idx": buyer[later], "acquired_at": acquired_at[later],
                        "purchase_fen": cars["purchase"][later], "appraised_fen": cars["appraised"][later],
                        "sale_on": sale_on[later], "age": cars["age"][later],
+                       "dts_mean": cars["dts_mean"][later],
                        "write_on": w.bday_add(np.full(int(later.sum()), day), app_lag[later])}
 
     # sales due today
@@ -434,6 +514,7 @@ def play_day(world: w.World, st: State, scale, seed: int, day: int, k: int,
     a_appraised = np.concatenate([cars["appraised"][now], pa["appraised_fen"]])
     a_sale_on = np.concatenate([sale_on[now], pa["sale_on"]])
     a_age = np.concatenate([cars["age"][now], pa["age"]])
+    a_dts_mean = np.concatenate([cars["dts_mean"][now], np.asarray(pa["dts_mean"], dtype=np.float64)])
     n_a = len(a_vin)
     n_now = int(now.sum())
     day_end = day * w.DAY_S + w.EVENT_HOURS[1] * w.HOUR_S - 1
@@ -460,15 +541,8 @@ def play_day(world: w.World, st: State, scale, seed: int, day: int, k: int,
 
     # how each loan will be repaid (or not)
     due_day = day + term
-    sold_first = a_sale_on <= due_day
     ra = seen_d(world, r_d, a_dealer, "repayment")
-    slow = rng.random(n_a) < w.sigmoid(w.logit(0.1) + 1.0 * ra)
-    after_sale = np.where(slow, 1 + np.round(rng.exponential(3.0 + 5.0 * np.maximum(ra, 0.0), n_a)),
-                          rng.integers(0, 3, n_a)).astype(np.int64)
-    at_due = np.where(slow, np.round(rng.exponential(3.0 + 6.0 * np.maximum(ra, 0.0), n_a)),
-                      -rng.integers(0, 4, n_a)).astype(np.int64)
-    pay_good = np.where(sold_first, w.bday_add(a_sale_on, after_sale), w.bday_roll(due_day + at_due))
-    pay_good = np.minimum(pay_good, _bday_backward(due_day + GOOD_MAX_DAYS_LATE))
+    pay_good = good_loan_pay_days(rng, ra, a_sale_on, due_day)
     pay_bad = w.bday_roll(due_day + rng.integers(31, 81, n_a))
     never = will_default & (rng.random(n_a) < 0.7)
     pay_on = np.maximum(np.where(will_default, pay_bad, pay_good), w.bday_add(np.full(n_a, day), 1))
@@ -478,7 +552,11 @@ def play_day(world: w.World, st: State, scale, seed: int, day: int, k: int,
                                   "amount_fen": repay_amt[pays], "due_on": due_day[pays],
                                   "applied_at": applied_at[pays], "write_on": pay_on[pays]}
     oracle_loans = {"application_id": app_ids, "dealer_id": world.dealer_ids[a_dealer], "true_pd": true_pd,
-                    "will_default": will_default}
+                    "will_default": will_default,
+                    "acquired_on": np.asarray(a_acq, dtype=np.int64) // w.DAY_S,
+                    "applied_on": np.full(n_a, day, dtype=np.int64), "loan_due_on": due_day, "sale_on": a_sale_on,
+                    "dts_mean": a_dts_mean, "repay_view": ra,
+                    "repaid_on": np.where(pays, pay_on, -1).astype(np.int64)}
 
     # repayments due today
     lr = due["loan_repayments"]
@@ -489,6 +567,7 @@ def play_day(world: w.World, st: State, scale, seed: int, day: int, k: int,
         "application_id": lr["application_id"], "dealer_id": world.dealer_ids[lr["dealer_idx"]],
         "amount_fen": lr["amount_fen"], "due_on": lr["due_on"], "paid_at": lr_paid_at}, rng, day, lr_paid_at,
         min_event=lr["applied_at"])
+    oracle_loan_repayments = {"repayment_id": repay_batch.cols["repayment_id"], "application_id": lr["application_id"]}
 
     # floor audits
     audited = np.flatnonzero((rng.random(nd) < 1.0 / scale.audit_interval_days) & ~st.dealer_blocked)
@@ -513,7 +592,9 @@ def play_day(world: w.World, st: State, scale, seed: int, day: int, k: int,
         "as_of": np.full(nd + ns, day, dtype=np.int64),
         "true_pd": np.concatenate([pd_d, pd_s]),
     }
-    return DayOutput(out_erp, out_dealer, dealer_status, pending, oracle_pd, oracle_loans,
+    oracle_macro = {"as_of": np.array([day], dtype=np.int64), "macro": np.array([st.macro], dtype=np.float64)}
+    return DayOutput(out_erp, out_dealer, dealer_status, pending, oracle_pd, oracle_loans, oracle_macro,
+                     oracle_instalments, oracle_loan_repayments, oracle_supplier_repayments,
                      counts={"supplier_defaults": int(newly_defaulted.sum()), "dealer_blocks": nb})
 
 

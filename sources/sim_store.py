@@ -142,6 +142,10 @@ DEALER_STATE = "sim_dealers"
 SUPPLIER_STATE = "sim_suppliers"
 ORACLE_PD = "oracle_pd"
 ORACLE_LOANS = "oracle_loans"
+ORACLE_MACRO = "oracle_macro"
+ORACLE_INSTALMENTS = "oracle_instalments"
+ORACLE_LOAN_REPAYMENTS = "oracle_loan_repayments"
+ORACLE_SUPPLIER_REPAYMENTS = "oracle_supplier_repayments"
 MANIFEST = "fault_manifest"
 
 SIM_SCHEMAS: dict[str, tuple[tuple[str, str, bool], ...]] = {  # (column, kind, nullable)
@@ -155,8 +159,25 @@ SIM_SCHEMAS: dict[str, tuple[tuple[str, str, bool], ...]] = {  # (column, kind, 
                      ("defaulted_on", "int", False)),
     ORACLE_PD: (("borrower_type", "str", False), ("borrower_id", "str", False), ("as_of", "date", False),
                 ("true_pd", "float", False)),
+    # per application: its true PD and outcome, and the state its repayment law depends on (the car's
+    # acquisition, days-to-sale mean and sale day, the dealer's repayment view); repaid_on is the
+    # day the repayment is written (NULL: never repaid)
     ORACLE_LOANS: (("application_id", "str", False), ("dealer_id", "str", False), ("true_pd", "float", False),
-                   ("will_default", "bool", False)),
+                   ("will_default", "bool", False), ("acquired_on", "date", False), ("applied_on", "date", False),
+                   ("loan_due_on", "date", False), ("sale_on", "date", False), ("dts_mean", "float", False),
+                   ("repay_view", "float", False), ("repaid_on", "date", True)),
+    # the common (macro) factor of the latent risk on every played day, after that day's step
+    ORACLE_MACRO: (("as_of", "date", False), ("macro", "float", False)),
+    # every supplier instalment: created (the payable's day), due, the day it is paid unless its
+    # supplier has defaulted by then, and the supplier's late-payment view on the created day
+    ORACLE_INSTALMENTS: (("supplier_id", "str", False), ("payable_id", "str", False), ("created_on", "date", False),
+                         ("due_on", "date", False), ("pay_on", "date", False), ("late_view", "float", False)),
+    # the key of every repayment row written and what it repays (faults never change a key, but may
+    # change or null its references; a faulty row that is quarantined leaves its loan or
+    # instalment unpaid in the data)
+    ORACLE_LOAN_REPAYMENTS: (("repayment_id", "str", False), ("application_id", "str", False)),
+    ORACLE_SUPPLIER_REPAYMENTS: (("repayment_id", "str", False), ("payable_id", "str", False),
+                                 ("supplier_id", "str", False)),
     MANIFEST: (("fault_id", "int", False), ("sim_date", "date", False), ("source", "str", False),
                ("table_name", "str", False), ("key_value", "str", True), ("column_name", "str", True),
                ("kind", "str", False)),
@@ -167,7 +188,7 @@ PENDING: dict[str, tuple[tuple[str, str], ...]] = {
     "production": (("order_id", "str"), ("model_idx", "int"), ("ordered_at", "int")),
     "sales": (("vin", "str"), ("dealer_idx", "int"), ("acquired_at", "int"), ("appraised_fen", "int")),
     "apps": (("vin", "str"), ("dealer_idx", "int"), ("acquired_at", "int"), ("purchase_fen", "int"),
-             ("appraised_fen", "int"), ("sale_on", "int"), ("age", "int")),
+             ("appraised_fen", "int"), ("sale_on", "int"), ("age", "int"), ("dts_mean", "float")),
     "loan_repayments": (("application_id", "str"), ("dealer_idx", "int"), ("amount_fen", "int"),
                         ("due_on", "int"), ("applied_at", "int")),
     "memos": (("payable_id", "str"), ("supplier_idx", "int"), ("amount_fen", "int"), ("reason", "str"),
@@ -207,5 +228,6 @@ def read_pending(conn: sa.Connection, table: sa.Table, kind: str, day: int) -> d
     out: dict[str, np.ndarray] = {}
     for i, (c, k) in enumerate(payload):
         vals = [r[i] for r in rows]
-        out[c] = np.array(vals, dtype=np.int64) if k == "int" else np.array(vals, dtype=object)
+        dtype = {"int": np.int64, "float": np.float64}.get(k, object)
+        out[c] = np.array(vals, dtype=dtype)
     return out

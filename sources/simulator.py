@@ -12,7 +12,15 @@ it. The simulator records, in its own database (never read by the pipeline):
   12-month PD (bad = 60+ days overdue on a credit), matching the labels of the domain;
 - ``oracle_loans``: per loan application, its own true PD (dealer latent + loan-to-value, term
   and vehicle age) and whether it will default. Every application is treated as a funded loan:
-  a loan that will default is never repaid (70 %) or repaid 31-80 days after its due date;
+  a loan that will default is never repaid (70 %) or repaid 31-80 days after its due date. It
+  also keeps what the loan's repayment law depends on (the car's acquisition and sale days and
+  days-to-sale mean, the dealer's repayment view) and the repayment day;
+- ``oracle_macro`` (the common latent factor per played day) and ``oracle_instalments`` (every
+  supplier instalment: created, due and pay day, late-payment view): with ``oracle_pd`` and the
+  suppliers' default days, the state the *conditional oracle* needs (:mod:`sources.sim_oracle`,
+  :meth:`Simulator.conditional_oracle_loans`, :meth:`Simulator.conditional_oracle_suppliers`):
+  the probability of a snapshot's label given the simulator's state at the snapshot. Recording
+  it draws nothing: the source rows are the same with or without it;
 - ``fault_manifest``: every fault injected (see :mod:`sources.sim_faults`);
 - ``sim_state`` and the ``sim_*`` tables: what is needed to continue deterministically: the
   latent states, id counters and the future events already decided (``sim_pending_*``).
@@ -52,14 +60,14 @@ import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 
-from sources import sim_faults, sim_store
+from sources import sim_faults, sim_oracle, sim_store
 from sources import sim_world as w
 from sources.contract import DEALER, DEALER_TABLES, ERP, ERP_TABLES, TABLES, WATERMARK, Table, table
 from sources.sim_days import DayOutput, State, initial_rows, initial_state, play_day
 from sources.sim_store import Batch
 from sources.sql import make_engine, sa_table
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: oracle_loans' repayment state, oracle_macro, oracle_instalments
 SQLITE_CACHE_KIB = 262_144
 MASTER_TABLES: dict[str, tuple[str, ...]] = {
     ERP: ("suppliers", "supplier_links", "parts", "vehicle_models", "bom", "sub_bom"),
@@ -69,8 +77,20 @@ TRANSACTIONAL_TABLES: tuple[Table, ...] = tuple(
     t for t in (*ERP_TABLES, *DEALER_TABLES) if t.name not in MASTER_TABLES[t.source])
 
 
+def _day_numbers(values) -> np.ndarray:
+    """Days since 1970-01-01 of dates (None/NaT: -1)."""
+    ts = pd.to_datetime(pd.Series(values).reset_index(drop=True))
+    days = ts.to_numpy().astype("datetime64[D]").astype(np.int64)
+    return np.where(ts.isna().to_numpy(), -1, days)
+
+
 class SimulatorError(RuntimeError):
     """The simulator cannot do what was asked; the message says why and what to do."""
+
+
+class OracleUnavailable(SimulatorError):
+    """The conditional oracle is not defined for what was asked (e.g. a supplier label horizon
+    longer than it covers); the message says why."""
 
 
 @dataclass(frozen=True)
@@ -310,10 +330,150 @@ class Simulator:
         return self._read(sim_store.ORACLE_PD, "as_of", "borrower_type", "borrower_id")
 
     def oracle_loans(self) -> pd.DataFrame:
-        """Per loan application: application_id, dealer_id, true_pd, will_default."""
+        """Per loan application: application_id, dealer_id, true_pd, will_default, and its repayment
+        state: acquired_on, applied_on, loan_due_on, sale_on, dts_mean, repay_view, repaid_on (None:
+        never repaid)."""
         return self._read(sim_store.ORACLE_LOANS, "application_id")
 
+    def oracle_instalments(self) -> pd.DataFrame:
+        """Every supplier instalment: supplier_id, payable_id, created_on, due_on, pay_on (paid that
+        day unless the supplier has defaulted by then), late_view."""
+        return self._read(sim_store.ORACLE_INSTALMENTS, "created_on", "supplier_id", "payable_id")
+
+    def oracle_loan_repayments(self) -> pd.DataFrame:
+        """The key of every loan repayment row written and its application: repayment_id, application_id."""
+        return self._read(sim_store.ORACLE_LOAN_REPAYMENTS, "repayment_id")
+
+    def supplier_default_days(self) -> pd.Series:
+        """The day each supplier defaulted (NaT: not defaulted), indexed by supplier_id."""
+        _, st = self._load()
+        days = pd.Series(st.supplier_defaulted_on, index=pd.Index(self._world.supplier_ids, name="supplier_id"))
+        return pd.to_datetime(days.where(days >= 0).astype("float64"), unit="D").rename("defaulted_on")
+
+    def conditional_oracle_loans(self, snapshots: pd.DataFrame) -> np.ndarray:
+        """P(the loan goes bad | the simulator's state at the snapshot), per row of ``snapshots``
+        (columns ``application_id`` and ``obs_date``, a date: midnight at its start).
+
+        See :func:`sources.sim_oracle.loan_snapshot_pd`.
+
+        Raises:
+            SimulatorError: if an application is unknown or a snapshot is outside its loan's life.
+        """
+        cols = ("application_id", "true_pd", "acquired_on", "applied_on", "loan_due_on", "sale_on", "dts_mean",
+                "repay_view", "repaid_on")
+        loans = self._read_columns(sim_store.ORACLE_LOANS, cols)
+        rows = snapshots[["application_id"]].merge(loans, on="application_id", how="left")
+        if rows["true_pd"].isna().any():
+            unknown = rows.loc[rows["true_pd"].isna(), "application_id"].head(5).tolist()
+            raise SimulatorError(f"{int(rows['true_pd'].isna().sum())} snapshot(s) of applications the simulator "
+                                 f"never created, e.g. {unknown}")
+        day = {c: _day_numbers(rows[c]) for c in ("acquired_on", "applied_on", "sale_on", "repaid_on")}
+        day["due_on"] = _day_numbers(rows["loan_due_on"])
+        reps = self._read_columns(sim_store.ORACLE_LOAN_REPAYMENTS, ("repayment_id", "application_id"))
+        lost = reps.loc[reps["repayment_id"].isin(self._lost_rows(DEALER, "loan_repayments")), "application_id"]
+        try:
+            return sim_oracle.loan_snapshot_pd(
+                _day_numbers(snapshots["obs_date"]), true_pd=rows["true_pd"].to_numpy(np.float64),
+                repayment_lost=rows["application_id"].isin(set(lost)).to_numpy(),
+                dts_mean=rows["dts_mean"].to_numpy(np.float64), repay_view=rows["repay_view"].to_numpy(np.float64),
+                **day)
+        except sim_oracle.OracleError as exc:
+            raise SimulatorError(f"conditional oracle of loan snapshots: {exc}") from None
+
+    def conditional_oracle_suppliers(self, snapshots: pd.DataFrame, label: sim_oracle.SupplierLabel, *,
+                                     paths: int = sim_oracle.LATENT_PATHS,
+                                     pay_draws: int = sim_oracle.PAY_DRAWS) -> np.ndarray:
+        """P(the supplier goes bad within the label horizon | the simulator's state at the
+        snapshot), per row of ``snapshots`` (columns ``supplier_id`` and ``obs_date``).
+
+        The state at a snapshot is that at the end of the last business day played before it.
+        See :func:`sources.sim_oracle.supplier_snapshot_pd` (a Monte Carlo with a fixed seed: the
+        simulation's seed and the snapshot day).
+
+        Raises:
+            OracleUnavailable: if the horizon is longer than the oracle covers.
+            SimulatorError: if a supplier is unknown or a snapshot is outside the played days.
+        """
+        cfg, st = self._load()
+        world = self._build_world(cfg)
+        sup = pd.Index(world.supplier_ids).get_indexer(snapshots["supplier_id"])
+        if (sup < 0).any():
+            raise SimulatorError(f"unknown supplier id(s) {snapshots['supplier_id'][sup < 0].head(5).tolist()}")
+        t_all = _day_numbers(snapshots["obs_date"])
+        last = sim_oracle.bday_backward(t_all - 1)
+        first_played = int(w.bday_roll(world.start_day))
+        if st.played_through is None or (last < first_played).any() or (last > st.played_through).any():
+            raise SimulatorError(f"snapshots must fall after the first played day {w.to_date(first_played)} and "
+                                 f"at most one day after the last ({st.played_through and w.to_date(st.played_through)})")
+        inst = self._read_columns(sim_store.ORACLE_INSTALMENTS,
+                                  ("supplier_id", "payable_id", "created_on", "due_on", "pay_on", "late_view"))
+        inst_sup = pd.Index(world.supplier_ids).get_indexer(inst["supplier_id"])
+        reps = self._read_columns(sim_store.ORACLE_SUPPLIER_REPAYMENTS, ("repayment_id", "payable_id", "supplier_id"))
+        lost = reps[reps["repayment_id"].isin(self._lost_rows(ERP, "supplier_repayments"))]
+        inst_lost = pd.MultiIndex.from_frame(inst[["payable_id", "supplier_id"]]).isin(
+            pd.MultiIndex.from_frame(lost[["payable_id", "supplier_id"]]))
+        macro = self._read_columns(sim_store.ORACLE_MACRO, ("as_of", "macro"))
+        macro = pd.Series(macro["macro"].to_numpy(np.float64), index=_day_numbers(macro["as_of"]))
+        t1 = world.supplier_tier == 1
+        min_term = int(world.supplier_terms[t1].min())
+        if label.horizon_days > min_term + label.bad_dpd:
+            raise OracleUnavailable(
+                f"the conditional supplier oracle covers label horizons up to {min_term + label.bad_dpd} days "
+                f"(the shortest payment term, {min_term} days, + {label.bad_dpd} days past due), got "
+                f"{label.horizon_days}: over a longer horizon instalments created after the snapshot could go bad, "
+                "a future it does not integrate")
+        out = np.full(len(snapshots), np.nan)
+        for t in np.unique(t_all):
+            day = int(sim_oracle.bday_backward(t - 1))
+            z = self._supplier_logits(day, world)
+            m = float(macro.loc[day])
+            state = sim_oracle.SupplierState(
+                a=world.supplier_a, b=world.supplier_b, u=z - world.supplier_a - world.supplier_b * m, macro=m,
+                defaulted_on=st.supplier_defaulted_on, inst_supplier=inst_sup,
+                inst_created=_day_numbers(inst["created_on"]), inst_due=_day_numbers(inst["due_on"]),
+                inst_pay_on=_day_numbers(inst["pay_on"]), inst_view=inst["late_view"].to_numpy(np.float64),
+                inst_lost=inst_lost, min_term=min_term)
+            here = t_all == t
+            try:  # every supplier, so that a supplier's value does not depend on which rows are asked
+                p = sim_oracle.supplier_snapshot_pd(int(t), np.arange(world.n_suppliers), state, label,
+                                                    seed=cfg.seed, paths=paths, pay_draws=pay_draws)
+            except sim_oracle.OracleError as exc:
+                raise SimulatorError(f"conditional oracle of supplier snapshots: {exc}") from None
+            out[here] = p[sup[here]]
+        return out
+
     # ---------------------------------------------------------------- internals
+    def _read_columns(self, name: str, columns: tuple[str, ...]) -> pd.DataFrame:
+        t = self._sim[name]
+        if not self._initialised():
+            raise SimulatorError(f"no simulation in {self._safe_url('sim')}; call init() first")
+        with self._engine("sim").connect() as conn:
+            result = conn.execute(sa.select(*[t.c[c] for c in columns]))
+            return pd.DataFrame(result.fetchall(), columns=list(columns))
+
+    def _lost_rows(self, source: str, table_name: str) -> set:
+        """Keys of the rows of a source table the quality gate quarantines for good: those with a
+        fault of :data:`sources.sim_oracle.LOST_ROW_FAULTS` in the fault manifest."""
+        t = self._sim[sim_store.MANIFEST]
+        with self._engine("sim").connect() as conn:
+            rows = conn.execute(sa.select(t.c.key_value).where(
+                (t.c.source == source) & (t.c.table_name == table_name)
+                & t.c.kind.in_(sim_oracle.LOST_ROW_FAULTS))).fetchall()
+        return {r[0] for r in rows}
+
+    def _supplier_logits(self, day: int, world: w.World) -> np.ndarray:
+        """The suppliers' latent log-odds on played ``day`` (from their true PD in ``oracle_pd``)."""
+        t = self._sim[sim_store.ORACLE_PD]
+        with self._engine("sim").connect() as conn:
+            rows = conn.execute(sa.select(t.c.borrower_id, t.c.true_pd).where(
+                (t.c.borrower_type == "supplier") & (t.c.as_of == w.to_date(day)))).fetchall()
+        pd_s = pd.Series([r[1] for r in rows], index=[r[0] for r in rows], dtype=np.float64)
+        pd_s = pd_s.reindex(world.supplier_ids)
+        if pd_s.isna().any():
+            raise SimulatorError(f"oracle_pd has no true PD of {int(pd_s.isna().sum())} supplier(s) on {w.to_date(day)}")
+        p = pd_s.to_numpy()
+        return np.log(p) - np.log1p(-p)
+
     def _safe_url(self, which: str) -> str:
         return sa.make_url(self._urls[which]).render_as_string(hide_password=True)
 
@@ -466,7 +626,14 @@ class Simulator:
                 conn.execute(t.delete().where(t.c.write_on <= day))
             sim_store.insert(conn, self._sim[sim_store.ORACLE_PD], self._sim_kinds[sim_store.ORACLE_PD], out.oracle_pd)
             sim_store.insert(conn, self._sim[sim_store.ORACLE_LOANS], self._sim_kinds[sim_store.ORACLE_LOANS],
-                             out.oracle_loans)
+                             out.oracle_loans, {"repaid_on": out.oracle_loans["repaid_on"] < 0})
+            sim_store.insert(conn, self._sim[sim_store.ORACLE_MACRO], self._sim_kinds[sim_store.ORACLE_MACRO],
+                             out.oracle_macro)
+            sim_store.insert(conn, self._sim[sim_store.ORACLE_INSTALMENTS],
+                             self._sim_kinds[sim_store.ORACLE_INSTALMENTS], out.oracle_instalments)
+            for name, rows in ((sim_store.ORACLE_LOAN_REPAYMENTS, out.oracle_loan_repayments),
+                               (sim_store.ORACLE_SUPPLIER_REPAYMENTS, out.oracle_supplier_repayments)):
+                sim_store.insert(conn, self._sim[name], self._sim_kinds[name], rows)
             self._insert_manifest(conn, st, manifest)
             st.played_through, st.day_index = day, k
             self._save_state(conn, cfg, st)

@@ -181,6 +181,16 @@ def test_missing_oracle_gate_and_scorecard_are_stated(pack):
     assert "Oracle AUC unavailable" in render_html(unavailable)
 
 
+def test_oracle_is_labelled_conditional_with_the_unconditional_one_beside_it(pack):
+    both = dataclasses.replace(pack, oracle_auc_unconditional=0.61)
+    text = render_markdown(both)
+    assert f"| conditional oracle: true PD given the simulator state at the snapshot | {pack.oracle_auc:.4f} |" in text
+    assert "| unconditional oracle: true PD at origination (not a ceiling after it) | 0.6100 |" in text
+    unavailable = dataclasses.replace(both, oracle_auc=None, oracle_note="Conditional oracle unavailable: too long")
+    text = render_markdown(unavailable)
+    assert "Conditional oracle unavailable: too long" in text and "| 0.6100 |" in text
+
+
 @pytest.mark.parametrize(
     ("change", "match"),
     [
