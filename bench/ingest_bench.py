@@ -24,13 +24,15 @@ START = dt.date(2026, 3, 2)
 
 def _ours(erp, dealer, wh_url: str, day: dt.date) -> int:
     from chainlend.ingest import extract_load
+    from chainlend.pseudonym import Pseudonymiser
     from chainlend.systems import Warehouse
 
     warehouse = Warehouse.from_url(wh_url)
+    pseudonymiser = Pseudonymiser.from_secrets()  # personal columns are tokenised on the way in
     rows = 0
     for src in (erp, dealer):
         for contract in src.tables:
-            rows += extract_load(src, warehouse, contract, day, "bench").rows
+            rows += extract_load(src, warehouse, contract, day, "bench", pseudonymiser=pseudonymiser).rows
     warehouse.engine.dispose()
     return rows
 

@@ -12,6 +12,10 @@ today's batch, and a table whose batch failed (schema drift) catches up on the n
 nothing lost. Re-running a business date reuses its recorded window and replaces the batch's
 landing rows in one transaction: the same rows, never duplicates. A run for a date whose window
 would overlap a later landed batch is refused (:class:`WindowConflictError`).
+
+Personal columns (``pii=True`` in the contract) are pseudonymised on the way in, before a row is
+written to the warehouse (:mod:`chainlend.pseudonym`): a table with personal columns cannot be
+landed without a :class:`~chainlend.pseudonym.Pseudonymiser`.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 
+from chainlend.pseudonym import Pseudonymiser, pii_columns
 from chainlend.systems import BATCH_ID, RUN_ID, SEQ, SourceDB, Warehouse
 from sources.contract import Table
 
@@ -39,6 +44,10 @@ class SchemaDriftError(IngestError):
 
 class WindowConflictError(IngestError):
     """The batch's window would overlap a later batch that already landed."""
+
+
+class PseudonymiserRequired(IngestError):
+    """A table with personal columns was to be landed without a pseudonymiser."""
 
 
 @dataclass(frozen=True)
@@ -114,8 +123,18 @@ def extract_load(
     *,
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
     recorded_at: dt.datetime | None = None,
+    pseudonymiser: Pseudonymiser | None = None,
 ) -> BatchResult:
-    """Land one batch of ``contract`` for ``business_date``; see the module docstring."""
+    """Land one batch of ``contract`` for ``business_date``; see the module docstring.
+
+    Raises:
+        PseudonymiserRequired: ``contract`` has personal columns and no ``pseudonymiser`` is given.
+    """
+    if pii_columns(contract) and pseudonymiser is None:
+        raise PseudonymiserRequired(
+            f"{contract.source}.{contract.name} has personal columns {list(pii_columns(contract))}: "
+            "pass a Pseudonymiser (Pseudonymiser.from_secrets()); raw values never enter the warehouse")
+    pseudonymise = pseudonymiser.rows if pii_columns(contract) else None
     recorded_at = recorded_at or dt.datetime.now(dt.UTC).replace(tzinfo=None)
     batch_id = batch_id_for(contract, business_date)
     end = window_end_for(business_date)
@@ -136,6 +155,8 @@ def extract_load(
     with warehouse.engine.begin() as wconn:
         wconn.execute(sa.delete(landing).where(landing.c[BATCH_ID] == batch_id))
         for chunk in source.stream(contract, start, end, chunk_rows, raw=raw):
+            if pseudonymise is not None:
+                chunk = pseudonymise(contract, chunk)
             lineage = (batch_id, run_id)
             if raw:
                 wconn.exec_driver_sql(

@@ -24,6 +24,7 @@ def build_ingest_dag(source: str, *, doc_md: str | None = None):
         from chainlend.dates import business_date_from_context
         from chainlend.ingest import IngestError, SchemaDriftError, extract_load
         from chainlend.mail import Mailer
+        from chainlend.pseudonym import Pseudonymiser, pii_columns
         from chainlend.quality import gate_schema_drift, validator_for
         from chainlend.systems import SOURCE_CLASSES, Warehouse
         from sources.contract import table as contract_table
@@ -31,8 +32,10 @@ def build_ingest_dag(source: str, *, doc_md: str | None = None):
         context = get_current_context()
         as_of = business_date_from_context(context)
         src, warehouse, contract = SOURCE_CLASSES[source].from_conn(), Warehouse.from_conn(), contract_table(source, table)
+        # personal columns become keyed tokens before anything is written (key: secrets backend)
+        pseudonymiser = Pseudonymiser.from_secrets() if pii_columns(contract) else None
         try:
-            result = extract_load(src, warehouse, contract, as_of, context["run_id"])
+            result = extract_load(src, warehouse, contract, as_of, context["run_id"], pseudonymiser=pseudonymiser)
         except SchemaDriftError as exc:  # the schema expectation blocks the batch; rows stay in the source
             summary = gate_schema_drift(warehouse, validator_for(*gx_paths()), contract, as_of,
                                         context["run_id"], src.columns(table))

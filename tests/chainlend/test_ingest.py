@@ -17,6 +17,7 @@ from chainlend.ingest import (
     extract_load,
     window_end_for,
 )
+from chainlend.pseudonym import Pseudonymiser
 from chainlend.systems import BATCH_ID, RUN_ID, SEQ, DealerSource, ErpSource, Warehouse
 from sources.contract import DEALER, ERP, TABLES, table
 from sources.simulator import FaultRates, Simulator
@@ -131,7 +132,8 @@ def test_late_arriving_rows_land_in_the_next_batch(ingest_env):
     for day in played:
         for source, tables in TABLES.items():
             for contract in tables:
-                extract_load(sources[source], warehouse, contract, day, f"run-{day}")
+                extract_load(sources[source], warehouse, contract, day, f"run-{day}",
+                             pseudonymiser=Pseudonymiser.from_secrets())
     for row in late.itertuples():
         contract = table(row.source, row.table_name)
         landed = warehouse.read_landing(contract)

@@ -11,6 +11,7 @@ import pytest
 import sqlalchemy as sa
 
 from chainlend.ingest import extract_load
+from chainlend.pseudonym import Pseudonymiser
 from chainlend.quality import gate_batch
 from chainlend.systems import DealerSource, ErpSource, Warehouse
 from expectations.gx_runner import GxValidator
@@ -34,10 +35,11 @@ def gated(tmp_path_factory):
     warehouse = Warehouse.from_url(urls["wh"])
     validator = GxValidator(tmp / "gx", tmp / "docs")
     sources = {ERP: ErpSource.from_url(urls["erp"]), DEALER: DealerSource.from_url(urls["dealer"])}
+    pseudonymiser = Pseudonymiser.from_secrets()
     for day in days:
         for src in sources.values():
             for contract in src.tables:
-                extract_load(src, warehouse, contract, day, f"run-{day}")
+                extract_load(src, warehouse, contract, day, f"run-{day}", pseudonymiser=pseudonymiser)
                 gate_batch(warehouse, validator, contract, day, f"run-{day}")
     return sim, warehouse, validator
 
@@ -116,7 +118,7 @@ def _inventory_day(tmp_path):
     dealer = DealerSource.from_url(urls["dealer"])
     inventory = table(DEALER, "inventory")
     for contract in (table(DEALER, "dealers"), inventory):
-        extract_load(dealer, warehouse, contract, day1, "r1")
+        extract_load(dealer, warehouse, contract, day1, "r1", pseudonymiser=Pseudonymiser.from_secrets())
     summary = gate_batch(warehouse, validator, inventory, day1, "r1")
     return sim, urls, warehouse, validator, dealer, inventory, day1, summary
 
