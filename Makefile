@@ -7,7 +7,7 @@ STAMP := $(VENV)/.synced
 export UV_COMPILE_BYTECODE := 1
 export UV_LINK_MODE := copy
 
-.PHONY: help venv demo test lint bench airflow mlflow setup clean
+.PHONY: help venv demo test lint bench airflow mlflow setup clean prod-up prod-down prod-status
 
 help:
 	@echo "make demo     simulate 30 business days and run the daily DAGs (report in var/demo/)"
@@ -15,6 +15,8 @@ help:
 	@echo "make bench    benchmarks; report in var/bench/"
 	@echo "make airflow  serve the DAGs in airflow standalone on http://127.0.0.1:8080"
 	@echo "make mlflow   the MLflow UI on the embedded registry at http://127.0.0.1:5000"
+	@echo "make prod-up  the production profile on this machine (PostgreSQL, MariaDB, Redis, Celery, MLflow server)"
+	@echo "make prod-down  stop every process of the production profile by PID"
 
 $(STAMP): uv.lock pyproject.toml
 	@$(UV) --version >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet uv
@@ -44,6 +46,15 @@ airflow: venv
 
 mlflow: venv
 	$(VENV)/bin/chainlend mlflow-ui
+
+prod-up: venv
+	CHAINLEND_PROFILE=prod $(VENV)/bin/chainlend prod up --init
+
+prod-down: venv
+	CHAINLEND_PROFILE=prod $(VENV)/bin/chainlend prod down
+
+prod-status: venv
+	CHAINLEND_PROFILE=prod $(VENV)/bin/chainlend prod status
 
 clean:
 	rm -rf var

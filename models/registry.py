@@ -54,8 +54,11 @@ class Registry:
     def __init__(self, client):
         self.client = client
 
-    def register(self, family: str, model_uri: str, *, run_id: str, tags: dict) -> str:
-        """Register ``model_uri`` as a new version of ``family``; returns the version number."""
+    def register(self, family: str, model_uri: str, *, run_id: str, tags: dict, model_id: str | None = None) -> str:
+        """Register ``model_uri`` as a new version of ``family``; returns the version number.
+
+        ``model_id``: the MLflow 3 logged model behind a ``models:/m-…`` URI (``ModelInfo.model_id``);
+        a tracking server (REST store) refuses such a source without it, a SQL store does not."""
         from mlflow.exceptions import MlflowException
 
         try:
@@ -64,7 +67,7 @@ class Registry:
             self.client.create_registered_model(
                 family, description=f"chainlend {family} risk model (PD per row; aliases champion/challenger)")
         mv = self.client.create_model_version(
-            family, source=model_uri, run_id=run_id, tags={k: _tag(v) for k, v in tags.items()})
+            family, source=model_uri, run_id=run_id, tags={k: _tag(v) for k, v in tags.items()}, model_id=model_id)
         return str(mv.version)
 
     def version(self, family: str, alias: str) -> str | None:

@@ -1,7 +1,8 @@
-"""The ``chainlend`` command: setup, simulate, demo, quarantine, models, airflow.
+"""The ``chainlend`` command: setup, simulate, demo, quarantine, models, review, airflow, prod, serve.
 
-Every subcommand applies the embedded-profile defaults first (an environment variable that is
-already set wins), so the same command works against production connections.
+Every subcommand applies the selected profile first (``CHAINLEND_PROFILE``: the embedded defaults,
+or the production env file of :mod:`chainlend.prod`); an environment variable that is already set
+wins, so the same command works against production connections.
 """
 
 from __future__ import annotations
@@ -247,6 +248,64 @@ def cmd_review(args) -> int:
     return 0
 
 
+def cmd_serve(args) -> int:
+    """Run a loopback stand-in server until SIGTERM: the SMTP sink or the payment rail."""
+    import threading
+    from pathlib import Path
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    if args.what == "smtp":
+        from chainlend.mail import SmtpSink
+
+        server = SmtpSink(Path(args.maildir), port=args.port)
+    else:
+        from sources.payment_rail import PaymentRailServer
+
+        server = PaymentRailServer(Path(args.db), port=args.port)
+    with server:
+        print(f"{args.what} stand-in on 127.0.0.1:{server.port}", flush=True)
+        stop.wait()
+    return 0
+
+
+def _prod_init(args) -> None:
+    from chainlend import prod
+
+    cfg = prod.ProdConfig(var=settings.var_dir(), prefix=args.prefix)
+    path = prod.init(cfg, path=prod.env_file(), force=args.force)
+    print(f"wrote {path} (0600, new secrets); databases {cfg.prefix}_* ready on PostgreSQL and MariaDB")
+
+
+def cmd_prod(args) -> int:
+    """The production profile on this machine: init, up, down, status (:mod:`chainlend.prod`)."""
+    from pathlib import Path
+
+    from chainlend import prod
+
+    env = dict(os.environ)
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    if args.action == "up":
+        pids = prod.up(env)
+        print("\n".join(f"{name:<14} pid {pid}" for name, pid in pids.items()))
+        print(f"Airflow UI {env['AIRFLOW__API__BASE_URL']} (user ops, password in "
+              f"{env['AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE']}); MLflow "
+              f"{env['CHAINLEND_MLFLOW_TRACKING_URI']}")
+        return 0
+    if args.action == "down":
+        stopped = prod.down(env)
+        print(f"stopped {len(stopped)} process group(s)")
+        return 0
+    alive = prod.running(env)
+    for name in prod.process_specs(env):
+        print(f"{name:<14} {'pid ' + str(alive[name]) if name in alive else 'not running'}")
+    if alive:
+        for part, status in prod.health(env).items():
+            print(f"  {part:<14} {status}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="chainlend", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -302,12 +361,34 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("airflow", help="serve the DAGs in airflow standalone on 127.0.0.1").set_defaults(
         func=cmd_airflow)
+
+    pr = sub.add_parser("prod", help="the production profile on this machine: init, up, down, status")
+    pr.add_argument("action", choices=["init", "up", "down", "status"])
+    pr.add_argument("--prefix", default="chainlend", help="database name prefix (init)")
+    pr.add_argument("--force", action="store_true", help="replace an existing env file: new secrets (init)")
+    pr.add_argument("--init", action="store_true", help="run init first when there is no env file yet (up)")
+    pr.set_defaults(func=cmd_prod)
+
+    sv = sub.add_parser("serve", help="a loopback stand-in: the SMTP sink or the payment rail")
+    sv.add_argument("what", choices=["smtp", "rail"])
+    sv.add_argument("--port", type=int, required=True)
+    sv.add_argument("--maildir", help="Maildir folder (smtp)")
+    sv.add_argument("--db", help="SQLite file of the rail's payments (rail)")
+    sv.set_defaults(func=cmd_serve)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    settings.apply_embedded_defaults()
     args = build_parser().parse_args(argv)
+    if args.command == "prod":
+        from chainlend.prod import env_file
+
+        os.environ["CHAINLEND_PROFILE"] = "prod"
+        if args.action == "init" or (args.action == "up" and args.init and not env_file().exists()):
+            _prod_init(args)  # writes the profile that apply_profile reads
+            if args.action == "init":
+                return 0
+    settings.apply_profile()
     if args.command == "demo":  # task logs stay in Airflow's log folder, the console shows progress
         os.environ.setdefault("AIRFLOW__LOGGING__LOGGING_LEVEL", "CRITICAL")
     return args.func(args)

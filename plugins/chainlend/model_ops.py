@@ -75,7 +75,7 @@ class Family:
     tables: tuple[str, ...]
     build: Callable  # (frames, as_of) -> labelled dataset
     key: str  # the observation's business key column
-    oracle: str  # "loan" | "supplier"
+    oracle: str  # "application" | "loan_snapshot" | "supplier_snapshot": what an observation is (see _oracle)
     split_on: str = "obs_date"  # the date the out-of-time split uses
 
 
@@ -116,13 +116,14 @@ def _cohorts(build: Callable) -> Callable:
 def _families() -> dict[str, Family]:
     return {
         "dealer_pd": Family("dealer_pd", DEALER_TABLES, _build("dealer", "dealer_pd_dataset"),
-                            "application_id", "loan"),
+                            "application_id", "application"),
         "supplier_pd": Family("supplier_pd", SUPPLIER_TABLES,
                               _mature(_build("supplier", "supplier_pd_dataset", horizon_days=supplier_horizon_days,
                                              snapshot_every_days=SUPPLIER_SNAPSHOT_DAYS), supplier_horizon_days),
-                              "supplier_id", "supplier"),
+                              "supplier_id", "supplier_snapshot"),
         "post_loan_behaviour": Family("post_loan_behaviour", DEALER_TABLES, _cohorts(_build("post_loan",
-                                      "post_loan_dataset")), "application_id", "loan", split_on="drawdown_date"),
+                                      "post_loan_dataset")), "application_id", "loan_snapshot",
+                                      split_on="drawdown_date"),
     }
 
 
@@ -241,20 +242,60 @@ def build_dataset(family_name: str, as_of: dt.date, warehouse: Warehouse | None 
 # 2. train and register
 
 
-def _oracle(fam: Family, df):
-    """The simulator's true PD per observation, or None outside a simulation."""
+@dataclass(frozen=True)
+class OracleScores:
+    """The simulator's truth on a family's observations (see :func:`_oracle`)."""
+
+    label: str  # what ``pd`` is, for the validation pack
+    pd: object  # np.ndarray: the conditional oracle per observation, or None (``note`` says why)
+    unconditional: object  # np.ndarray: the borrower's true PD at origination / before the snapshot
+    note: str | None = None
+
+
+def _oracle(fam: Family, df) -> OracleScores | None:
+    """The simulator's truth per observation, or None outside a simulation.
+
+    ``pd`` is the *conditional oracle*: P(label = 1 | the simulator's state at the observation's
+    snapshot), the ceiling of any model scored then (:mod:`sources.sim_oracle`):
+
+    - ``dealer_pd`` (an application): the loan's true PD, from which its default is drawn that
+      day: at origination the unconditional true PD *is* the conditional oracle;
+    - ``post_loan_behaviour`` (an outstanding loan on a Monday): Bayes on the loan's true PD and
+      what has happened by then (not repaid yet, car sold or not and when), in closed form; a
+      loan repaid before the snapshot is 0, or 1 if a data fault lost its repayment row;
+    - ``supplier_pd`` (a supplier on a snapshot date): 1 or 0 for a supplier already defaulted
+      (its unpaid instalments decide the label), otherwise the probability that it defaults early
+      enough within the horizon, by Monte Carlo over its future latent risk and pay days (fixed
+      seed). Defined for horizons up to 90 days (``note`` says why otherwise; ``pd`` is None).
+
+    ``unconditional`` is the true PD at origination (a loan's) or on the business day before the
+    snapshot (a supplier's 12-month PD): kept as an extra metric, it is not a ceiling after
+    origination.
+    """
     import pandas as pd
 
     sim_url = os.environ.get("CHAINLEND_SIM_URL")
     if not sim_url:
         return None
-    from sources.simulator import Simulator
+    from features.definitions import (
+        SUPPLIER_BAD_DPD,
+        SUPPLIER_BAD_MIN_COUNT,
+        SUPPLIER_BAD_SHARE,
+        SUPPLIER_BAD_WINDOW,
+    )
+    from models.validation_pack import CONDITIONAL_ORACLE
+    from sources.sim_oracle import SupplierLabel
+    from sources.simulator import OracleUnavailable, Simulator
 
     sim = Simulator(sim_url, sim_url, sim_url)
     try:
-        if fam.oracle == "loan":
+        if fam.oracle in ("application", "loan_snapshot"):
             o = sim.oracle_loans()[["application_id", "true_pd"]]
-            return df[["application_id"]].merge(o, on="application_id", how="left")["true_pd"].to_numpy()
+            uncond = df[["application_id"]].merge(o, on="application_id", how="left")["true_pd"].to_numpy()
+            if fam.oracle == "application":
+                return OracleScores(f"{CONDITIONAL_ORACLE} (the application: the loan's own true PD)", uncond, uncond)
+            snaps = df[["application_id", "obs_date"]].reset_index(drop=True)
+            return OracleScores(CONDITIONAL_ORACLE, sim.conditional_oracle_loans(snaps), uncond)
         o = sim.oracle_pd()
         o = o[o["borrower_type"] == "supplier"].rename(columns={"borrower_id": "supplier_id"})
         o["as_of"] = pd.to_datetime(o["as_of"]).astype("datetime64[ns]")
@@ -262,9 +303,32 @@ def _oracle(fam: Family, df):
         left["obs_date"] = (pd.to_datetime(left["obs_date"]) - pd.Timedelta(days=1)).astype("datetime64[ns]")
         merged = pd.merge_asof(left.sort_values("obs_date"), o.sort_values("as_of"), left_on="obs_date",
                                right_on="as_of", by="supplier_id", direction="backward")
-        return merged.sort_values("index")["true_pd"].to_numpy()
+        uncond = merged.sort_values("index")["true_pd"].to_numpy()
+        label = SupplierLabel(supplier_horizon_days(), SUPPLIER_BAD_DPD, SUPPLIER_BAD_WINDOW, SUPPLIER_BAD_SHARE,
+                              SUPPLIER_BAD_MIN_COUNT)
+        snaps = df[["supplier_id", "obs_date"]].reset_index(drop=True)
+        try:
+            cond = sim.conditional_oracle_suppliers(snaps, label)
+        except OracleUnavailable as exc:
+            log.warning("%s: no conditional oracle: %s", fam.name, exc)
+            return OracleScores(CONDITIONAL_ORACLE, None, uncond, note=f"Conditional oracle unavailable: {exc}.")
+        return OracleScores(CONDITIONAL_ORACLE, cond, uncond)
     finally:
         sim.dispose()
+
+
+def _oracle_auc(family_name: str, y, scores) -> float | None:
+    import numpy as np
+
+    from models.metrics import auc
+
+    if scores is None:
+        return None
+    scores = np.asarray(scores, dtype=np.float64)
+    missing = int(np.isnan(scores).sum())
+    if missing:
+        raise ModelOpsError(f"{family_name}: the simulator has no true PD for {missing} OOT rows")
+    return float(auc(y, scores))
 
 
 def train(family_name: str, pointer: dict, *, maker: str = SYSTEM_ACTOR, cfg=None,
@@ -275,13 +339,11 @@ def train(family_name: str, pointer: dict, *, maker: str = SYSTEM_ACTOR, cfg=Non
     ``training_key`` (e.g. the DAG run id) makes a retry idempotent: when a version with the same
     key and dataset is registered already, its pointer is returned and nothing is trained."""
     import mlflow
-    import numpy as np
     import pandas as pd
 
     from features.definitions import FEATURES, feature_names
     from models import plots
     from models.governance import CHALLENGER
-    from models.metrics import auc
     from models.serving import log_pd_model
     from models.trainers import TrainConfig
     from models.training import fit_family
@@ -299,12 +361,8 @@ def train(family_name: str, pointer: dict, *, maker: str = SYSTEM_ACTOR, cfg=Non
     oot_df = df[result.split.oot]
     y_oot = oot_df["label"].to_numpy()
     oracle = _oracle(fam, oot_df)
-    oracle_auc = None
-    if oracle is not None:
-        ok = ~np.isnan(oracle)
-        if ok.sum() < len(oracle):
-            raise ModelOpsError(f"{family_name}: the simulator has no true PD for {int((~ok).sum())} OOT rows")
-        oracle_auc = float(auc(y_oot, oracle))
+    oracle_auc = _oracle_auc(family_name, y_oot, oracle.pd) if oracle is not None else None
+    oracle_uncond = _oracle_auc(family_name, y_oot, oracle.unconditional) if oracle is not None else None
     mlf = client()
     exp = experiment_id(mlf, family_name)
     commit = git_commit()
@@ -325,6 +383,8 @@ def train(family_name: str, pointer: dict, *, maker: str = SYSTEM_ACTOR, cfg=Non
         mlflow.log_metrics({f"oot.{k}": float(v) for k, v in oot.items() if v is not None})
         if oracle_auc is not None:
             mlflow.log_metric("oot.oracle_auc", oracle_auc)
+        if oracle_uncond is not None:
+            mlflow.log_metric("oot.oracle_auc_unconditional", oracle_uncond)
         with tempfile.TemporaryDirectory() as tmp:
             t = Path(tmp)
             X_oot = oot_df[names].astype("float64")
@@ -340,13 +400,16 @@ def train(family_name: str, pointer: dict, *, maker: str = SYSTEM_ACTOR, cfg=Non
         run_id = run.info.run_id
     features_doc = [{"name": f.name, "unit": f.unit} for f in FEATURES[family_name]]
     reg = registry()
-    version = reg.register(family_name, info.model_uri, run_id=run_id, tags={
+    version = reg.register(family_name, info.model_uri, run_id=run_id, model_id=info.model_id, tags={
         "family": family_name, "algorithm": result.chosen, "as_of": pointer["as_of"],
         "data_window": window, "features": [f["name"] for f in features_doc],
         "params": model.params, "git_commit": commit, "trained_by": maker,
         "dataset_path": pointer["path"], "split_on": fam.split_on, "oot_metrics": {k: _round(v) for k, v in oot.items()},
         "scorecard_oot_auc": _round(result.oot["scorecard"]["auc"]) if "scorecard" in result.oot else None,
-        "oracle_auc": _round(oracle_auc) if oracle_auc is not None else "n/a (no simulator)",
+        "oracle_auc": _round(oracle_auc) if oracle_auc is not None else (
+            "n/a (no simulator)" if oracle is None else f"n/a ({oracle.note})"),
+        "oracle_kind": oracle.label if oracle is not None else "n/a (no simulator)",
+        "oracle_auc_unconditional": _round(oracle_uncond) if oracle_uncond is not None else "n/a (no simulator)",
         **({"training_key": key} if key else {}),
     })
     change = reg.set_alias(family_name, CHALLENGER, version, actor=maker,
@@ -355,7 +418,8 @@ def train(family_name: str, pointer: dict, *, maker: str = SYSTEM_ACTOR, cfg=Non
     audit(Warehouse.from_conn(), change)
     return {"family": family_name, "version": version, "run_id": run_id, "as_of": pointer["as_of"],
             "dataset": pointer["path"], "algorithm": result.chosen, "oot_auc": _round(oot["auc"]),
-            "oracle_auc": _round(oracle_auc) if oracle_auc is not None else None}
+            "oracle_auc": _round(oracle_auc) if oracle_auc is not None else None,
+            "oracle_auc_unconditional": _round(oracle_uncond) if oracle_uncond is not None else None}
 
 
 def _registered_with_key(family_name: str, key: str) -> dict | None:
@@ -372,9 +436,11 @@ def _registered_with_key(family_name: str, key: str) -> dict | None:
             tags = mv.tags
             oot = json.loads(tags["oot_metrics"])
             oracle = tags.get("oracle_auc", "")
+            uncond = tags.get("oracle_auc_unconditional", "")
             return {"family": family_name, "version": str(mv.version), "run_id": mv.run_id,
                     "as_of": tags["as_of"], "dataset": tags["dataset_path"], "algorithm": tags["algorithm"],
-                    "oot_auc": oot["auc"], "oracle_auc": float(oracle) if oracle[:1].isdigit() else None}
+                    "oot_auc": oot["auc"], "oracle_auc": float(oracle) if oracle[:1].isdigit() else None,
+                    "oracle_auc_unconditional": float(uncond) if uncond[:1].isdigit() else None}
     return None
 
 
@@ -508,6 +574,12 @@ def log_validation_pack(family_name: str, version: str, gate_result: dict | None
     stability = pd.read_csv(local / "stability.csv")
     fpsi = pd.read_csv(local / "feature_psi.csv", index_col=0)["psi"]
     oracle = tags.get("oracle_auc")
+    uncond = tags.get("oracle_auc_unconditional", "")
+    oracle_text = {}
+    if oracle and not oracle[0].isdigit() and oracle != "n/a (no simulator)":
+        oracle_text["oracle_note"] = oracle[len("n/a ("):-1] if oracle.startswith("n/a (") else oracle
+    if tags.get("oracle_kind", "n/a")[:3] != "n/a":
+        oracle_text["oracle_label"] = tags["oracle_kind"]
     pack = ValidationPack(
         family=family_name, version=str(version), model_name=family_name, algorithm=tags["algorithm"],
         data_window=json.loads(tags["data_window"]),
@@ -515,6 +587,9 @@ def log_validation_pack(family_name: str, version: str, gate_result: dict | None
         candidates=candidates, chosen=tags["algorithm"], oot=oot, stability=stability, feature_psi=fpsi,
         score_psi=float(oot["score_psi"]), scorecard_auc=candidates.get("scorecard", {}).get("auc"),
         oracle_auc=float(oracle) if oracle and oracle[0].isdigit() else None,
+        # at origination the two oracles are one: the extra row only where they differ
+        oracle_auc_unconditional=float(uncond) if uncond[:1].isdigit() and family(family_name).oracle != "application"
+        else None, **oracle_text,
         gate=gate_result, monitoring_plan=MONITORING_PLAN[family_name],
         plots={"ROC and KS": "roc_ks.png", "Calibration": "calibration.png", "Feature PSI": "psi.png",
                "SHAP summary": "shap_summary.png"},

@@ -13,7 +13,9 @@ through that date), so a retry or a re-run replaces its own rows:
   actions that :mod:`chainlend.lending_ops` (approval) and :mod:`chainlend.disbursement_ops`
   (posting) obey through ``credit_controls``; the watchlist keeps the history.
 - :func:`send_digest`: one e-mail per business date to credit operations (a retry or re-run
-  sends nothing: the ``alerts`` table records it), listing new and escalated names.
+  sends nothing: the ``alerts`` table records it), listing new and escalated borrowers by their
+  record key (the warehouse holds names and phones only as pseudonyms, :mod:`chainlend.pseudonym`;
+  the officer looks the key up in the dealer platform or the ERP).
 - :func:`monitor_models`: PSI of each champion's score and of every feature against its training
   window (bands 0.10 / 0.25), AUC once labels have matured; a retrain is requested when the score
   shifts significantly (PSI > 0.25) or when matured AUC falls below the OOT AUC by more than 0.05.
@@ -69,19 +71,19 @@ def _replace_partition(conn, table: sa.Table, as_of: dt.date, frame: pd.DataFram
 
 
 def post_repayments(business_date: dt.date, warehouse: Warehouse | None = None) -> dict:
-    """Post the repayments known through ``business_date`` that the ledger does not have yet."""
-    from lending.disbursement import check_balanced, repayment_legs
+    """Post the repayments known through ``business_date`` that the ledger does not have yet:
+    one entry ``repay:<idempotency key>`` per instruction (debit nostro, credit the receivable)."""
+    from lending.disbursement import NOSTRO, check_entries, repayment_entries
 
     w = warehouse or Warehouse.from_conn()
     w.metadata.create_all(w.engine, checkfirst=True)
     t = w.lending
-    pi, p, acc = t["payment_instructions"], t["ledger_postings"], t["ledger_accounts"]
+    pi, le, acc = t["payment_instructions"], t["ledger_entries"], t["ledger_accounts"]
     as_of = pd.Timestamp(business_date + dt.timedelta(days=1))
     rep = w.read_frames(("dealer.loan_repayments",))["dealer.loan_repayments"]
     with w.engine.connect() as conn:
         ins = pd.read_sql(sa.select(pi.c.instruction_id, pi.c.idempotency_key, pi.c.kind, pi.c.borrower_type,
                                     pi.c.borrower_id, pi.c.amount_fen, pi.c.source_batch), conn)
-        done = set(conn.execute(sa.select(p.c.entry_id).where(p.c.entry_id.like("repay:%"))).scalars())
     known = rep[(rep.updated_at < as_of) & (rep.paid_at < as_of)]
     loans = ins[ins.kind == "dealer_loan"].copy()
     loans["application_id"] = loans.idempotency_key.str.removeprefix("loan:")
@@ -91,21 +93,32 @@ def post_repayments(business_date: dt.date, warehouse: Warehouse | None = None) 
     settled = sc[batch_day + pd.Timedelta(days=SUPPLIER_CREDIT_TERM_DAYS) < as_of]
     due = pd.concat([repaid, settled], ignore_index=True)
     due["entry_id"] = "repay:" + due.idempotency_key
-    due = due[~due.entry_id.isin(done)]
+    due = due[~due.entry_id.isin(_posted_entries(w, due.entry_id.tolist()))]
     if due.empty:
         return {"repayments_posted": 0, "amount_fen": 0}
-    legs = repayment_legs(due[["entry_id", "borrower_type", "borrower_id", "amount_fen"]])
-    check_balanced(legs)
-    legs["instruction_id"] = np.concatenate([due.instruction_id.to_numpy()] * 2)
-    legs["posted_at"] = _now()
-    delta = legs[legs.account != "nostro"].groupby("account").credit_fen.sum()
+    entries = repayment_entries(due[["entry_id", "borrower_type", "borrower_id", "amount_fen"]])
+    check_entries(entries)
+    entries["instruction_id"] = due.instruction_id.to_numpy(dtype=object)
+    entries["posted_at"] = _now()
+    delta = entries[entries.credit_account != NOSTRO].groupby("credit_account").amount_fen.sum()
     with w.engine.begin() as conn:
-        conn.execute(p.insert(), legs.to_dict("records"))
+        conn.execute(le.insert(), entries.to_dict("records"))
         conn.execute(sa.update(acc).where(acc.c.account == sa.bindparam("a")).values(
             balance_fen=acc.c.balance_fen - sa.bindparam("d"), updated_at=_now()),
             [{"a": a, "d": int(d)} for a, d in delta.items()])
     return {"repayments_posted": int(len(due)), "amount_fen": int(due.amount_fen.sum()),
             "loans": int((due.kind == "dealer_loan").sum()), "supplier_settlements": int((due.kind != "dealer_loan").sum())}
+
+
+def _posted_entries(w: Warehouse, entry_ids: list[str]) -> set[str]:
+    """Those of ``entry_ids`` the ledger has (by its unique entry id, 5,000 a statement)."""
+    le = w.lending["ledger_entries"]
+    found: set[str] = set()
+    with w.engine.connect() as conn:
+        for i in range(0, len(entry_ids), 5_000):
+            found.update(conn.execute(sa.select(le.c.entry_id).where(le.c.entry_id.in_(entry_ids[i:i + 5_000])))
+                         .scalars())
+    return found
 
 
 # --------------------------------------------------------------------------------------------
@@ -288,8 +301,6 @@ def credit_ops_recipients() -> list[str]:
 
 def send_digest(business_date: dt.date, mailer, recipients: list[str], warehouse: Warehouse | None = None) -> dict:
     """The day's digest to credit operations, once per business date (recorded in ``alerts``)."""
-    from chainlend.alerts import mask
-
     w = warehouse or Warehouse.from_conn()
     t = w.lending
     a = w.alerts
@@ -299,9 +310,6 @@ def send_digest(business_date: dt.date, mailer, recipients: list[str], warehouse
             return {"sent": False, "reason": "already sent for this business date"}
         wl = pd.read_sql(sa.select(t["watchlist"]).where(t["watchlist"].c.as_of == business_date), conn)
         sig = pd.read_sql(sa.select(t["ew_signals"]).where(t["ew_signals"].c.as_of == business_date), conn)
-    names = pd.concat([w.read_frames(("dealer.dealers",))["dealer.dealers"][["dealer_id", "dealer_name"]].set_axis(
-        ["borrower_id", "name"], axis=1), w.read_frames(("erp.suppliers",))["erp.suppliers"][
-        ["supplier_id", "supplier_name"]].set_axis(["borrower_id", "name"], axis=1)]).set_index("borrower_id").name
     moved = wl[wl.change.isin(["new", "escalated"])].sort_values(["level", "borrower_type", "borrower_id"])
     order = {"red": 0, "orange": 1, "yellow": 2, "green": 3}
     moved = moved.iloc[np.argsort(moved.level.map(order).to_numpy(), kind="stable")]
@@ -313,10 +321,9 @@ def send_digest(business_date: dt.date, mailer, recipients: list[str], warehouse
         fired = sig[(sig.borrower_type == r.borrower_type) & (sig.borrower_id == r.borrower_id)]
         detail = "<br>".join(html.escape(f"{s.rule} ({s.level}): {s.detail or ''}") for s in fired.itertuples())
         rows.append(f"<tr><td>{r.borrower_type}</td><td>{html.escape(r.borrower_id)}</td>"
-                    f"<td>{html.escape(mask(names.get(r.borrower_id, '')))}</td>"
                     f"<td>{r.previous_level} → <b>{r.level}</b></td><td>{r.change}</td><td>{detail}</td>"
                     f"<td>{html.escape(r.actions)}</td></tr>")
-    table = ("<table border='1' cellpadding='4'><tr><th>type</th><th>borrower</th><th>name (masked)</th>"
+    table = ("<table border='1' cellpadding='4'><tr><th>type</th><th>borrower</th>"
              "<th>level</th><th>change</th><th>rules fired</th><th>actions</th></tr>" + "".join(rows) + "</table>"
              if rows else "<p>No new or escalated names today.</p>")
     body = (f"<p>Post-loan early warning for business date <b>{business_date}</b>: watchlist "

@@ -38,13 +38,14 @@ def migrate_metadata_db() -> None:
     ensure_pools()
 
 
-def ensure_pools() -> None:
-    """Create or resize the ``training`` pool to one slot (CPU-heavy tasks run one at a time)."""
+def ensure_pools(env: dict[str, str] | None = None) -> None:
+    """Create or resize the ``training`` pool to one slot (CPU-heavy tasks run one at a time), in
+    the metadata DB of ``env`` (default: this process's environment)."""
     from chainlend.dag_defaults import TRAINING_POOL
 
     subprocess.run([airflow_bin(), "pools", "set", TRAINING_POOL, "1",
                     "CPU-heavy model training: one task at a time (explicit thread counts)"],
-                   check=True, env=subprocess_env(), stdout=subprocess.DEVNULL)
+                   check=True, env=env or subprocess_env(), stdout=subprocess.DEVNULL)
 
 
 def load_dag(dag_id: str):

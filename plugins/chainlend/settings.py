@@ -24,6 +24,8 @@ import json
 import os
 from pathlib import Path
 
+from chainlend.pseudonym import embedded_secrets_backend
+
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 ERP_CONN_ID = "erp_default"
@@ -88,6 +90,40 @@ def apply_embedded_defaults(environ: dict[str, str] | None = None) -> dict[str, 
             applied[key] = value
     for sub in ("airflow", "sources", "demo", "mlflow", "models"):
         (var / sub).mkdir(parents=True, exist_ok=True)
+    applied.update(embedded_secrets_backend(env, var))  # the PII key, var/secrets (chainlend.pseudonym)
+    return applied
+
+
+PROFILES = ("embedded", "prod")
+
+
+def profile(environ: dict[str, str] | None = None) -> str:
+    """``$CHAINLEND_PROFILE``: ``embedded`` (default) or ``prod`` (:mod:`chainlend.prod`)."""
+    env = os.environ if environ is None else environ
+    value = env.get("CHAINLEND_PROFILE", "embedded").strip().lower() or "embedded"
+    if value not in PROFILES:
+        raise ValueError(f"CHAINLEND_PROFILE must be one of {PROFILES}, got {value!r}")
+    return value
+
+
+def apply_profile(environ: dict[str, str] | None = None) -> dict[str, str]:
+    """Fill ``environ`` with the selected profile's settings it does not set yet.
+
+    ``embedded``: :func:`apply_embedded_defaults`. ``prod``: every ``KEY=VALUE`` of the env file
+    (``$CHAINLEND_ENV_FILE``, default ``var/prod/prod.env``, written by ``chainlend prod init``);
+    a missing file or a missing required setting is an error, never a fall-back to SQLite.
+    Must run before ``airflow`` is imported. Returns the values that were applied.
+    """
+    env = os.environ if environ is None else environ
+    if profile(env) == "embedded":
+        return apply_embedded_defaults(env)
+    from chainlend.prod import env_file, read_env_file
+
+    applied = {}
+    for key, value in read_env_file(env_file(env)).items():
+        if key not in env:
+            env[key] = value
+            applied[key] = value
     return applied
 
 

@@ -77,6 +77,13 @@ def test_dag_registers_and_promotes_first_champions(trained):
         assert rows.iloc[1].actor == "gate (automatic)" and "first champion" in rows.iloc[1].reason
         oot = json.loads(tags["oot_metrics"])
         assert 0.6 < oot["auc"] <= 1.0 and float(tags["oracle_auc"]) > 0.5
+        assert tags["oracle_kind"].startswith("conditional oracle: true PD given the simulator state at the snapshot")
+        assert float(tags["oracle_auc_unconditional"]) > 0.5
+    # at application the two oracles are one; after drawdown the simulator's state (no repayment
+    # yet, the car sold or not) says more than the loan's true PD at application
+    dealer, post = reg.tags("dealer_pd", "1"), reg.tags("post_loan_behaviour", "1")
+    assert dealer["oracle_auc"] == dealer["oracle_auc_unconditional"]
+    assert float(post["oracle_auc"]) > float(post["oracle_auc_unconditional"]) + 0.05
 
 
 def test_champion_serves_pd_in_unit_interval_with_reasons(trained):
@@ -107,6 +114,7 @@ def test_validation_pack_logged_with_gate_and_oracle(trained):
     md = open(f"{local}/validation_pack.md").read()
     for needle in ("OOT", "oracle", "scorecard", "PSI", "Monitoring", "passed"):
         assert needle.lower() in md.lower(), needle
+    assert "conditional oracle: true PD given the simulator state at the snapshot" in md
     for png in ("roc_ks.png", "calibration.png", "psi.png", "shap_summary.png"):
         assert open(f"{local}/{png}", "rb").read(4) == b"\x89PNG"
 
@@ -177,6 +185,26 @@ def test_retried_training_task_registers_nothing_new(trained):
              if v.tags.get("training_key") == f"run-x|{pointer['path']}"]
     assert keyed == [first["version"]]
     assert np.isfinite(first["oot_auc"])
+
+
+def test_mlflow_datasets_and_warehouse_hold_no_raw_identifier(trained):
+    """Personal data (issue 7): the MLflow store (params, tags, metrics, registered versions and
+    their tags), the run artifacts (validation packs, plots, models, input examples), the training
+    datasets and every warehouse table hold none of the world's raw names, phones or ID numbers."""
+    import pii_scan
+
+    from chainlend import settings
+
+    urls, tmp = trained["urls"], trained["tmp"]
+    matcher = pii_scan.Matcher(pii_scan.raw_identifiers({"erp": urls["erp"], "dealer": urls["dealer"]}))
+    artifacts = tmp / "artifacts"
+    datasets = settings.var_dir() / "models" / "datasets"
+    assert any(artifacts.rglob("validation_pack.md")) and any(datasets.rglob("*.parquet"))
+    hits = {"mlflow store": pii_scan.scan_database(f"sqlite:///{tmp / 'mlflow.db'}", matcher),
+            "artifacts": pii_scan.scan_files(artifacts, matcher),
+            "datasets": pii_scan.scan_files(datasets, matcher),
+            "warehouse": pii_scan.scan_database(urls["warehouse"], matcher)}
+    assert not any(hits.values()), {k: v for k, v in hits.items() if v}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -427,9 +455,10 @@ def test_daily_cycle_red_dealer_monitor_approve_disburse(trained, supplier_champ
     assert mail["Subject"].startswith(f"[chainlend] early warning {nxt}:") and "credit-ops@bank.example" in mail["To"]
     body = mail.get_body(("html",)).get_content()
     assert dealer in body and "duplicate_vin" in body
-    names = read("SELECT dealer_name, phone, owner_id_number FROM published_dealer_dealers WHERE dealer_id = :d",
-                 d=dealer).iloc[0]
-    assert all(str(v) not in body for v in names)  # masked: no raw names, phones or ID numbers
+    import pii_scan  # no raw name, phone or ID number of the world in any mail (issue 7)
+
+    sources = {"erp": trained["urls"]["erp"], "dealer": trained["urls"]["dealer"]}
+    assert pii_scan.scan_messages(mailbox.messages(), pii_scan.Matcher(pii_scan.raw_identifiers(sources))) == {}
     # a re-run of the same business date sends no second digest; with the retrain limits at zero
     # every champion counts as drifting and the run emits the retrain request asset
     mp = pytest.MonkeyPatch()
@@ -469,4 +498,8 @@ def test_daily_cycle_red_dealer_monitor_approve_disburse(trained, supplier_champ
     assert rail.totals()["count"] == int(paid.n.sum())
     unbalanced = read("SELECT entry_id FROM ledger_postings GROUP BY entry_id HAVING sum(debit_fen) <> sum(credit_fen)")
     assert unbalanced.empty
+    # one ledger entry per instruction (the ledger_postings view above shows its two legs)
+    unposted = read("SELECT i.idempotency_key FROM payment_instructions i LEFT JOIN ledger_entries e "
+                    "ON e.entry_id = 'disb:' || i.idempotency_key WHERE e.entry_id IS NULL")
+    assert unposted.empty
     e.dispose()
