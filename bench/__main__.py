@@ -15,6 +15,7 @@ BENCHES = {
     "train": "train_bench",
     "ledger": "ledger_bench",
     "monitor": "monitor_bench",
+    "daily_cycle": "daily_cycle_bench",
 }
 
 
