@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from chainlend.pseudonym import LOCAL_BACKEND, ensure_key_file
-from chainlend.settings import PAYMENT_RAIL_PORT, PROJECT_ROOT, var_dir
+from chainlend.settings import PAYMENT_RAIL_PORT, airflow_basics, var_dir
 
 PG_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 MARIADB_ADMIN_URL = "mysql+pymysql://root@127.0.0.1:3306/test"
@@ -107,11 +107,7 @@ def render_env(cfg: ProdConfig, generated: dict[str, str]) -> dict[str, str]:
     return {
         "CHAINLEND_PROFILE": "prod",
         "CHAINLEND_VAR": str(cfg.var),
-        "AIRFLOW_HOME": str(home / "airflow"),
-        "AIRFLOW__CORE__DAGS_FOLDER": str(PROJECT_ROOT / "dags"),
-        "AIRFLOW__CORE__PLUGINS_FOLDER": str(PROJECT_ROOT / "plugins"),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
+        **airflow_basics(home / "airflow"),
         "AIRFLOW__CORE__EXECUTOR": "CeleryExecutor",
         "AIRFLOW__CORE__PARALLELISM": "8",
         "AIRFLOW__CORE__FERNET_KEY": generated["fernet_key"],
@@ -124,7 +120,6 @@ def render_env(cfg: ProdConfig, generated: dict[str, str]) -> dict[str, str]:
         "AIRFLOW__CELERY__RESULT_BACKEND": cfg.pg_url("airflow", "db+postgresql+psycopg"),
         "AIRFLOW__CELERY__WORKER_CONCURRENCY": str(cfg.worker_concurrency),
         "AIRFLOW__OPERATORS__DEFAULT_QUEUE": cfg.queue,
-        "AIRFLOW__API__HOST": "127.0.0.1",
         "AIRFLOW__API__PORT": str(cfg.api_port),
         "AIRFLOW__API__BASE_URL": api,
         "AIRFLOW__API__WORKERS": "1",

@@ -46,19 +46,27 @@ def _sqlite_conn(path: Path) -> str:
     return json.dumps({"conn_type": "sqlite", "host": str(path)})
 
 
-def embedded_defaults(var: Path) -> dict[str, str]:
-    """Environment of the embedded profile rooted at ``var`` (nothing is read or written here)."""
-    airflow_home = var / "airflow"
+def airflow_basics(airflow_home: Path) -> dict[str, str]:
+    """The Airflow settings every profile shares: home, the project's DAGs and plugins, no
+    examples, new DAGs paused, the API on loopback."""
     return {
         "AIRFLOW_HOME": str(airflow_home),
         "AIRFLOW__CORE__DAGS_FOLDER": str(PROJECT_ROOT / "dags"),
         "AIRFLOW__CORE__PLUGINS_FOLDER": str(PROJECT_ROOT / "plugins"),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
+        "AIRFLOW__API__HOST": "127.0.0.1",
+    }
+
+
+def embedded_defaults(var: Path) -> dict[str, str]:
+    """Environment of the embedded profile rooted at ``var`` (nothing is read or written here)."""
+    airflow_home = var / "airflow"
+    return {
+        **airflow_basics(airflow_home),
         "AIRFLOW__CORE__PARALLELISM": "2",
         "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
-        "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{airflow_home / 'airflow.db'}",
-        "AIRFLOW__API__HOST": "127.0.0.1",
         "AIRFLOW__API__PORT": "8080",
         "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(airflow_home / "logs"),
         "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "30",
