@@ -503,7 +503,7 @@ def _build_world(workdir: Path, dags: dict, scale: str, history_days: int, info:
 
 def measure(scale: str, workdir: Path, history_days: int, profile: bool = False, *,
             save_snapshot: Path | None = None, from_snapshot: Path | None = None,
-            only: tuple[str, ...] | None = None) -> dict:
+            only: tuple[str, ...] | None = None, restore_only: bool = False, reuse_world: bool = False) -> dict:
     """Build the world in ``workdir`` and measure the day (in this process; see :func:`run`).
 
     For development only (``make bench`` uses neither): ``save_snapshot`` copies the built world
@@ -511,7 +511,9 @@ def measure(scale: str, workdir: Path, history_days: int, profile: bool = False,
     ``from_snapshot`` starts from such a copy instead of building the world, so one DAG can be
     measured again in minutes instead of half an hour. The copy goes back to the same ``workdir``
     (the MLflow store holds absolute paths). ``only`` runs a subset of the measured day's DAGs
-    (in their order); its figures are then not the entry's."""
+    (in their order); its figures are then not the entry's. ``restore_only`` copies the snapshot
+    back and stops (to change the world, e.g. a table's layout, before measuring);
+    ``reuse_world`` measures on the world already in ``workdir`` without copying it again."""
     from chainlend import settings
 
     settings.apply_embedded_defaults()
@@ -546,9 +548,12 @@ def measure(scale: str, workdir: Path, history_days: int, profile: bool = False,
             if Path(saved["workdir"]) != workdir:
                 raise RuntimeError(f"the snapshot was taken in {saved['workdir']}; restore it there, not in {workdir}")
             t1 = time.perf_counter()
-            _copy_world(from_snapshot, workdir)
+            if not reuse_world:
+                _copy_world(from_snapshot, workdir)
+                say(f"world restored from {from_snapshot} in {time.perf_counter() - t1:.0f} s")
             info.update(saved["info"])
-            say(f"world restored from {from_snapshot} in {time.perf_counter() - t1:.0f} s")
+            if restore_only:
+                return {"ok": True, "restored": str(workdir), "summary": "world restored, nothing measured"}
             _use_world(_world_urls(var))
             day = MEASURED_DAY
         else:
@@ -621,6 +626,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--save-snapshot", type=Path, help="development: copy the built world there")
     p.add_argument("--from-snapshot", type=Path, help="development: start from a saved world")
     p.add_argument("--only", help="development: comma-separated DAG ids of the measured day to run")
+    p.add_argument("--restore-only", action="store_true", help="development: copy the snapshot back, then stop")
+    p.add_argument("--reuse-world", action="store_true",
+                   help="development: with --from-snapshot, measure on the world already in --workdir")
     args = p.parse_args(argv)
     args.workdir.mkdir(parents=True, exist_ok=True)
     if "CHAINLEND_VAR" not in os.environ:
@@ -629,7 +637,8 @@ def main(argv: list[str] | None = None) -> int:
     result = measure(args.scale, args.workdir.resolve(), args.history_days, profile=args.profile,
                      save_snapshot=args.save_snapshot and args.save_snapshot.resolve(),
                      from_snapshot=args.from_snapshot and args.from_snapshot.resolve(),
-                     only=tuple(args.only.split(",")) if args.only else None)
+                     only=tuple(args.only.split(",")) if args.only else None,
+                     restore_only=args.restore_only, reuse_world=args.reuse_world)
     (args.workdir / "result.json").write_text(json.dumps(result, indent=2, default=str))
     print(json.dumps(result, indent=2, default=str))
     return 0 if result["ok"] else 1
