@@ -77,7 +77,8 @@ def _credit(s: int, b: int, k: int) -> dict:
     at = dt.datetime.combine(DAY, dt.time(8)) + dt.timedelta(minutes=15 * b)
     return {"credit_id": f"{vin}:{sup}", "batch_id": f"sc.{at:%Y%m%dT%H%M}", "event_id": f"E{b}.{k}", "vin": vin,
             "model_id": "M1", "supplier_id": sup, "tier": 1, "share_fen": CREDIT_FEN, "amount_fen": CREDIT_FEN + k,
-            "capped_fen": 0, "capped_by": None, "policy_version": "bench", "line_off_on": DAY, "allocated_at": DECIDED}
+            "capped_fen": 0, "capped_by": None, "policy_version": "bench", "line_off_on": DAY, "allocated_at": DECIDED,
+            "split_id": f"M1:bench:{sup}"}
 
 
 def seed(w, *, dealers: int, loans_per_dealer: int, suppliers: int, micro_batches: int,

@@ -2,9 +2,11 @@
 not yet taken by an earlier micro-batch → the vehicle's financeable value → split among tier-1
 suppliers by BOM cost share and on to tier-2 by the sub-BOM (exact in fen) → capped by each
 supplier's limit (``supplier_pd`` champion and an expected-loss budget), current exposure,
-OEM-confirmed payables and a dilution reserve → one credit per (VIN, supplier) with its BOM
-lines as lineage. Unverified events go to ``line_off_exceptions`` with the reason. A re-run of a
-micro-batch recomputes the same events and upserts the same credits."""
+OEM-confirmed payables and a dilution reserve → one credit per (VIN, supplier) naming its split:
+its BOM lines as lineage, stored once per model × BOM structure × supplier
+(``supplier_credit_splits``) and read per credit through the view ``supplier_credit_lines``.
+Unverified events go to ``line_off_exceptions`` with the reason. A re-run of a micro-batch
+recomputes the same events and upserts the same credits."""
 
 from airflow.sdk import dag, get_current_context, task
 

@@ -18,7 +18,10 @@ at each (dealer, day) an observation needs.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import datetime as dt
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -56,6 +59,18 @@ REPAYMENTS = "dealer.loan_repayments"
 
 APPLICATION_COLUMNS = ("application_id", "dealer_id", "vin", "purchase_price_fen", "appraised_value_fen",
                        "requested_fen", "term_days", "applied_at")
+# the source columns the dealer builders (this module, :mod:`features.post_loan`) and the dealer
+# rules of :mod:`lending.early_warning` read: a caller may read only these
+# (``Warehouse.read_frames(columns=DEALER_COLUMNS)``); ``require`` names a missing one
+DEALER_COLUMNS: dict[str, tuple[str, ...]] = {
+    DEALERS: ("dealer_id", "city_tier", "onboarded_on"),
+    INVENTORY: ("vin", "dealer_id", "model_year", "mileage_km", "purchase_price_fen", "appraised_value_fen",
+                "acquired_at", "updated_at"),
+    SALES: ("vin", "dealer_id", "sale_price_fen", "sold_at", "updated_at"),
+    AUDITS: ("dealer_id", "audited_at", "vehicles_expected", "vehicles_found", "skipped", "updated_at"),
+    APPLICATIONS: APPLICATION_COLUMNS + ("updated_at",),
+    REPAYMENTS: ("application_id", "dealer_id", "due_on", "paid_at", "updated_at"),
+}
 VEHICLE_LEVEL = ("vehicle_age_years", "mileage_km", "price_to_appraisal", "ltv", "term_days", "appraised_value_cny")
 DEALER_LEVEL = tuple(n for n in feature_names(DEALER_PD) if n not in VEHICLE_LEVEL)
 
@@ -78,6 +93,21 @@ class Loans:
 
     @classmethod
     def build(cls, frames: Frames, dealers: pd.Index) -> Loans:
+        """The book of ``frames``; inside :func:`shared_loans`, built once per (applications
+        frame, repayments frame, dealers) and shared by every builder and rule called on them."""
+        built = _SHARED.get()
+        if built is None:
+            return cls._build(frames, dealers)
+        apps, reps = frames.get(APPLICATIONS), frames.get(REPAYMENTS)
+        hit = built.get(id(apps))
+        if hit is not None and hit[0] is apps and hit[1] is reps and hit[2].equals(dealers):
+            return hit[3]
+        loans = cls._build(frames, dealers)
+        built[id(apps)] = (apps, reps, dealers, loans)
+        return loans
+
+    @classmethod
+    def _build(cls, frames: Frames, dealers: pd.Index) -> Loans:
         apps = require(frames, APPLICATIONS, APPLICATION_COLUMNS + ("updated_at",))
         reps = require(frames, REPAYMENTS, ("application_id", "paid_at", "updated_at"))
         applied, known = timing(apps, APPLICATIONS)
@@ -96,6 +126,23 @@ class Loans:
         ltv = ratio(apps["requested_fen"].to_numpy(), apps["appraised_value_fen"].to_numpy())
         return cls(ids, positions(dealers, apps["dealer_id"]), apps["vin"].to_numpy(), applied, known, due,
                    bad_day, repaid_known, good_known, term, ltv)
+
+
+# inside shared_loans(): applications frame id -> (that frame, the repayments frame, dealers, Loans)
+_SHARED: contextvars.ContextVar[dict[int, tuple] | None] = contextvars.ContextVar("shared_loans", default=None)
+
+
+@contextlib.contextmanager
+def shared_loans() -> Iterator[None]:
+    """Within the block, :meth:`Loans.build` builds the book of the same frames once (the dealer
+    and post-loan features and the early-warning rules of one task each build it otherwise).
+    For callers whose frames are read-only inputs: a frame changed in place inside the block
+    would be served the book of its earlier content."""
+    token = _SHARED.set({})
+    try:
+        yield
+    finally:
+        _SHARED.reset(token)
 
 
 def dealer_index(frames: Frames) -> tuple[pd.Index, pd.DataFrame]:

@@ -113,6 +113,24 @@ FEATURES: dict[str, tuple[Feature, ...]] = {
         ("days_since_last_payment", "days since the supplier's last instalment payment; NaN if none", "days"),
         ("overdue_instalments_now", "expected instalments past their due date and not paid at the as-of date",
          "count"),
+        # in default already? (a supplier that stopped paying leaves every instalment due since unpaid)
+        ("oldest_overdue_dpd", "days past due of the supplier's oldest expected instalment not paid at the as-of "
+                               "date; 0 if none is overdue", "days"),
+        ("unpaid_streak_dpd", "days past due of the oldest expected instalment that fell due after the supplier's "
+                              "last known instalment payment (all of them if it never paid) and is unpaid at the "
+                              "as-of date: how long it has not paid anything due; 0 if none", "days"),
+        ("unpaid_due_30d", "expected instalments due in the 30 days before the as-of date and not paid at it",
+         "count"),
+        ("repaid_due_ratio_30d", "of the expected instalments due in the 30 days before the as-of date, the share "
+                                 "paid by the as-of date; NaN if none fell due", "share"),
+        ("repaid_due_ratio_90d", "the same over the 90 days before the as-of date; NaN if none fell due", "share"),
+        ("missed_due_30d", "expected instalments due in the 30 days before the as-of date and not paid by their "
+                           "due date (paid late or still unpaid), as known at the as-of date", "count"),
+        ("missed_due_60d", "the same over the 60 days before the as-of date", "count"),
+        ("missed_due_90d", "the same over the 90 days before the as-of date", "count"),
+        ("due_since_last_payment", "expected instalments that fell due after the supplier's last known instalment "
+                                   "payment (all of them if it never paid) and are unpaid at the as-of date",
+         "count"),
     )),
     POST_LOAN: _family(POST_LOAN, (
         ("days_since_drawdown", "days since the loan was drawn (its application date)", "days"),

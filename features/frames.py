@@ -89,12 +89,42 @@ def _objects(values) -> np.ndarray:
     return np.asarray(values, dtype=object)
 
 
+def _arrow_strings(values):
+    """``values`` as one Arrow large-string array when they are strings (pandas' Arrow-backed
+    string dtype: no copy; an object array of ``str``/None/NaN: one conversion), else None."""
+    import pyarrow as pa
+
+    if isinstance(values, (pd.Series, pd.Index)):
+        dtype = values.dtype
+        if isinstance(dtype, pd.StringDtype) and dtype.storage == "pyarrow":
+            arr = pa.chunked_array(values.array.__arrow_array__()).combine_chunks()
+            return arr.cast(pa.large_string())
+        values = values.to_numpy()
+    values = np.asarray(values)
+    if values.dtype != object:
+        return None
+    try:
+        return pa.array(values, type=pa.large_string(), from_pandas=True)
+    except (pa.ArrowInvalid, pa.ArrowTypeError):  # not all strings: the object path compares them
+        return None
+
+
 def positions(index, ids) -> np.ndarray:
     """Positions of ``ids`` in ``index`` (unique keys), -1 for an id not in it or missing.
 
-    One factorisation of both (hashing object strings once) instead of ``Index.get_indexer``,
-    which is several times slower on millions of string keys.
+    Strings are matched in Arrow (one hash table of the keys, no Python object per value);
+    other values by one factorisation of both (hashing objects once) instead of
+    ``Index.get_indexer``, which is several times slower on millions of string keys. Where a
+    key repeats, its last position (both ways).
     """
+    import pyarrow.compute as pc
+
+    keys = _arrow_strings(index)
+    values = _arrow_strings(ids) if keys is not None and not keys.null_count else None
+    if values is not None:
+        n = len(keys)
+        found = pc.index_in(values, value_set=keys[::-1], skip_nulls=True).fill_null(-1).to_numpy()
+        return np.where(found >= 0, n - 1 - found, -1).astype(np.int64)
     keys, values = _objects(index), _objects(ids)
     codes, uniques = pd.factorize(np.concatenate([keys, values]))
     lookup = np.full(len(uniques) + 1, -1, dtype=np.int64)

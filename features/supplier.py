@@ -47,7 +47,9 @@ RECEIPTS = "erp.goods_receipts"
 PAYABLES = "erp.payables"
 MEMOS = "erp.credit_memos"
 REPAYMENTS = "erp.supplier_repayments"
-FIRST_SNAPSHOT_AFTER_DAYS = 30  # the first snapshot needs 30 days of data
+# snapshots start on the first goods-receipt day; the model factory leaves out the first 60 days of any
+# history as burn-in (chainlend.model_ops.WARMUP_DAYS), so an extra offset here only lost snapshot dates
+FIRST_SNAPSHOT_AFTER_DAYS = 0
 
 
 def supplier_index(frames: Frames) -> tuple[pd.Index, pd.DataFrame]:
@@ -91,6 +93,7 @@ class Instalments:
     bad_day: np.ndarray  # due + SUPPLIER_BAD_DPD
     settled_known: np.ndarray  # first day a repayment is known (NEVER if none)
     good_known: np.ndarray  # first day a repayment made before bad_day is known (NEVER if none)
+    on_time_known: np.ndarray  # first day a repayment made on or before the due date is known (NEVER if none)
 
     @classmethod
     def build(cls, frames: Frames, suppliers: pd.Index) -> Instalments:
@@ -124,11 +127,14 @@ class Instalments:
         keys = ["payable_id", "supplier_id"]
         settled = rp.groupby(keys)["rep_known"].min().rename("settled_known")
         good = rp[rp["paid"] < rp["bad_day"]].groupby(keys)["rep_known"].min().rename("good_known")
-        inst = inst.join(settled, on=keys).join(good, on=keys)
+        on_time = (rp[rp["paid"] <= rp["bad_day"] - SUPPLIER_BAD_DPD].groupby(keys)["rep_known"].min()
+                   .rename("on_time_known"))
+        inst = inst.join(settled, on=keys).join(good, on=keys).join(on_time, on=keys)
         return cls(positions(suppliers, inst["supplier_id"]), inst["known"].to_numpy(np.int64),
                    inst["due"].to_numpy(np.int64), inst["bad_day"].to_numpy(np.int64),
                    inst["settled_known"].fillna(NEVER).to_numpy(np.int64),
-                   inst["good_known"].fillna(NEVER).to_numpy(np.int64))
+                   inst["good_known"].fillna(NEVER).to_numpy(np.int64),
+                   inst["on_time_known"].fillna(NEVER).to_numpy(np.int64))
 
     def first_bad_day(self, n: int, as_of: int, min_count: int = SUPPLIER_BAD_MIN_COUNT) -> np.ndarray:
         """Per supplier position: the first day it was bad as known at ``as_of`` (NEVER if not).
@@ -230,8 +236,9 @@ class SupplierPanel:
         p["days_since_last_payment"] = g.day_axis()[None, :] - last_paid
 
         inst = instalments if instalments is not None else Instalments.build(frames, self.index)
-        p["overdue_instalments_now"] = g.interval_sum(inst.supplier, np.maximum(inst.known, inst.due + 1),
-                                                      inst.settled_known)
+        past_due = np.maximum(inst.known, inst.due + 1)  # from the day after its due date, once known
+        p["overdue_instalments_now"] = g.interval_sum(inst.supplier, past_due, inst.settled_known)
+        p.update(_default_panels(g, inst, past_due, r_sup, paid, rep_known))
         self.panels = p
 
     def features(self, supplier: np.ndarray, day: np.ndarray) -> pd.DataFrame:
@@ -243,6 +250,64 @@ class SupplierPanel:
         for name in feature_names(SUPPLIER_PD)[3:]:
             out[name] = self.grid.at(self.panels[name], supplier, day)
         return pd.DataFrame(out)[feature_names(SUPPLIER_PD)]
+
+
+def _default_panels(g: Grid, inst: Instalments, past_due: np.ndarray, r_sup: np.ndarray, paid: np.ndarray,
+                    rep_known: np.ndarray) -> dict[str, np.ndarray]:
+    """Has the supplier already stopped paying? Panels of its expected instalments that fell due
+    and were not paid (:data:`features.definitions.FEATURES`, ``oldest_overdue_dpd`` ..
+    ``due_since_last_payment``).
+
+    Every one is an interval per instalment: it counts from the day after its due date (once the
+    instalment is known) until its window ends, or until the repayment that settles it (any, or an
+    on-time one for *missed*) is known. ``r_sup``, ``paid`` and ``rep_known`` are the supplier
+    position, payment day and known day of every repayment row.
+    """
+    p: dict[str, np.ndarray] = {}
+    sup, due, settled = inst.supplier, inst.due, inst.settled_known
+    oldest = g.interval_max(sup, past_due, settled, -due.astype(np.float64))  # -(earliest due)
+    p["oldest_overdue_dpd"] = np.nan_to_num(g.day_axis()[None, :] + oldest, nan=0.0)
+    due_30 = g.interval_sum(sup, past_due, due + SHORT_WINDOW + 1)
+    unpaid_30 = g.interval_sum(sup, past_due, np.minimum(due + SHORT_WINDOW + 1, settled))
+    p["unpaid_due_30d"] = unpaid_30
+    p["repaid_due_ratio_30d"] = ratio(due_30 - unpaid_30, due_30)
+    due_90 = g.interval_sum(sup, past_due, due + MID_WINDOW + 1)
+    p["repaid_due_ratio_90d"] = ratio(due_90 - g.interval_sum(sup, past_due, np.minimum(due + MID_WINDOW + 1,
+                                                                                          settled)), due_90)
+    for window in (SHORT_WINDOW, 60, MID_WINDOW):
+        p[f"missed_due_{window}d"] = g.interval_sum(sup, past_due, np.minimum(due + window + 1, inst.on_time_known))
+    streak_end = np.minimum(settled, _paid_after_known(sup, due, r_sup, paid, rep_known))
+    p["due_since_last_payment"] = g.interval_sum(sup, past_due, streak_end)
+    streak = g.interval_max(sup, past_due, streak_end, -due.astype(np.float64))
+    p["unpaid_streak_dpd"] = np.nan_to_num(g.day_axis()[None, :] + streak, nan=0.0)
+    return p
+
+
+def _paid_after_known(sup: np.ndarray, due: np.ndarray, r_sup: np.ndarray, paid: np.ndarray,
+                      rep_known: np.ndarray) -> np.ndarray:
+    """Per instalment: the first day a repayment of its supplier paid on or after its due date is
+    known (NEVER if none): from then on the supplier's last known payment no longer precedes it."""
+    out = np.full(len(sup), NEVER, dtype=np.int64)
+    ok = r_sup >= 0
+    if not ok.any():
+        return out
+    r_sup, paid, known = r_sup[ok].astype(np.int64), paid[ok].astype(np.int64), rep_known[ok].astype(np.int64)
+    lo = int(min(paid.min(), due.min() if len(due) else paid.min()))
+    span = int(max(paid.max(), due.max() if len(due) else paid.max())) - lo + 2
+    key = r_sup * span + (paid - lo)
+    order = np.argsort(key, kind="stable")
+    key, r_sup, known = key[order], r_sup[order], known[order]
+    # within each supplier (sorted by payment day): the earliest known day of the payments from here on
+    suffix = pd.Series(known[::-1]).groupby(r_sup[::-1]).cummin().to_numpy()[::-1]
+    valid = sup >= 0
+    q = sup[valid].astype(np.int64) * span + (due[valid].astype(np.int64) - lo)
+    at = np.searchsorted(key, q, side="left")
+    hit = at < len(key)
+    hit[hit] = r_sup[at[hit]] == sup[valid][hit]
+    res = np.full(len(q), NEVER, dtype=np.int64)
+    res[hit] = suffix[at[hit]]
+    out[valid] = res
+    return out
 
 
 def _supplier_positions(index: pd.Index, supplier_ids: Iterable[str]) -> np.ndarray:
@@ -280,8 +345,9 @@ def supplier_pd_dataset(frames: Frames, as_of: dt.date, *, snapshot_every_days: 
                         bad_min_count: int = SUPPLIER_BAD_MIN_COUNT) -> pd.DataFrame:
     """The training set of the supplier PD model as known at ``as_of``.
 
-    Snapshots of every onboarded supplier on the dates ``first + 30 + k × snapshot_every_days``
-    up to ``as_of``, where ``first`` is the first goods-receipt day known at ``as_of``.
+    Snapshots of every onboarded supplier on the dates ``first + k × snapshot_every_days`` up to
+    ``as_of``, where ``first`` is the first goods-receipt day known at ``as_of`` (the caller leaves
+    out a burn-in: the model factory drops the first 60 days).
     ``label`` is 1 if the supplier goes bad in ``[obs_date, obs_date + horizon_days)`` as known at
     ``as_of``, 0 if the whole horizon elapsed by ``as_of`` without it. Suppliers already bad
     before obs_date and rows still open (not bad, horizon not elapsed) are left out.

@@ -365,16 +365,20 @@ def decide(apps: pd.DataFrame, scores: pd.DataFrame, dealers: pd.DataFrame, poli
 
 # feature hash -----------------------------------------------------------------------------------
 
-def _encode_column(values: pd.Series) -> list[str]:
-    """Canonical text of each cell: numbers (ints, bools too) as ``repr(numpy.round(float(x), 10))``,
-    NaN/None/NaT as ``null``, timestamps as ISO 8601, everything else as a JSON string."""
+def _encode_column(values: pd.Series, prefix: str = "") -> list[str]:
+    """Canonical text of each cell after ``prefix``: numbers (ints, bools too) as
+    ``repr(numpy.round(float(x), 10))``, NaN/None/NaT as ``null``, timestamps as ISO 8601,
+    everything else as a JSON string."""
     if pd.api.types.is_bool_dtype(values) or pd.api.types.is_numeric_dtype(values):
         # numpy's round (3x faster than Python's per cell); + 0.0 turns -0.0 into 0.0
-        floats = (np.round(values.to_numpy(dtype=float, na_value=np.nan), HASH_DECIMALS) + 0.0).tolist()
-        return ["null" if x != x else repr(x) for x in floats]
+        floats = np.round(values.to_numpy(dtype=float, na_value=np.nan), HASH_DECIMALS) + 0.0
+        # each distinct value encoded once (a dealer's features repeat across its applications)
+        codes, uniques = pd.factorize(floats, use_na_sentinel=True)  # NaN: code -1
+        texts = np.array([prefix + repr(x) for x in uniques.tolist()] + [prefix + "null"], dtype=object)
+        return texts[codes].tolist()
     if pd.api.types.is_datetime64_any_dtype(values):
-        return ["null" if v is pd.NaT else json.dumps(v.isoformat()) for v in values.tolist()]
-    return [_encode_cell(v) for v in values.tolist()]
+        return [prefix + ("null" if v is pd.NaT else json.dumps(v.isoformat())) for v in values.tolist()]
+    return [prefix + _encode_cell(v) for v in values.tolist()]
 
 
 def _encode_cell(value: object) -> str:
@@ -405,7 +409,7 @@ def feature_hash(features: pd.DataFrame) -> pd.Series:
     parts: list[list[str]] = []
     for name, column in sorted(zip(names, features.columns, strict=True)):
         prefix = json.dumps(name, ensure_ascii=True) + ":"
-        parts.append([prefix + cell for cell in _encode_column(features[column])])
+        parts.append(_encode_column(features[column], prefix))
     rows = zip(*parts, strict=True) if parts else ([] for _ in range(len(features)))
     digests = [hashlib.sha256(("{" + ",".join(row) + "}").encode("ascii")).hexdigest() for row in rows]
     return pd.Series(digests, index=features.index, dtype=object, name="feature_hash")

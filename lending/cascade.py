@@ -15,6 +15,18 @@ Amounts are integer fen and add up exactly, at both levels, by the largest-remai
 ``largest_remainder``). Each supplier's credits are then capped, in event order, by its limit less
 its exposure and by its OEM-confirmed payables less a dilution reserve (see ``allocate``).
 
+Lineage is stored once per split, not per credit. The BOM lines behind a credit (its
+*lineage*: each line's cost basis ``line_value_fen``) depend only on the vehicle model's BOM and
+sub-BOM and on the supplier — not on the VIN, the financeable value, the rounding or the caps —
+so every vehicle of one model and BOM carries the same lines for one supplier. ``allocate``
+returns them once per *split* ``split_id = "<model_id>:<structure hash>:<supplier_id>"``, where
+the structure hash (``structure_hash``: sha256 of the model's whole lineage, its first
+``STRUCTURE_HASH_CHARS`` hex characters in the id) changes whenever a line, quantity or price of
+the model's BOM or sub-BOM does: a split is content-addressed and immutable, a credit names its
+split, and a credit's lines are exactly its split's lines (``credit_lines``; ``Allocation.lines``
+gives the per-credit frame the cascade returned before: 3,000 vehicles × ~600 suppliers are
+~1.8 M credits but ~12 M lines a day, and only ~80,000 distinct split lines).
+
 Everything here takes plain values and returns plain values: no clock, no environment, no IO.
 Money is integer fen (1 CNY = 100 fen) in ``int64``.
 """
@@ -48,8 +60,11 @@ SUPPLIER_COLUMNS = ("supplier_id", "tier", "limit_fen", "exposure_fen", "confirm
 SHARE_COLUMNS = ("supplier_id", "tier", "basis_fen", "share_fen")
 LINEAGE_COLUMNS = ("supplier_id", "bom_line_id", "sub_bom_line_id", "line_value_fen")
 CREDIT_COLUMNS = ("credit_id", "batch_id", "event_id", "vin", "model_id", "supplier_id", "tier",
-                  "share_fen", "amount_fen", "capped_fen", "capped_by", "policy_version")
+                  "share_fen", "amount_fen", "capped_fen", "capped_by", "policy_version", "split_id")
 LINE_COLUMNS = ("credit_id", "bom_line_id", "sub_bom_line_id", "line_value_fen")
+SPLIT_COLUMNS = ("split_id", "model_id", "structure_hash", "supplier_id", "bom_line_id", "sub_bom_line_id",
+                 "line_value_fen")
+STRUCTURE_HASH_CHARS = 16  # hex characters of the structure hash in a split_id (64 bits)
 EXCEPTION_COLUMNS = ("batch_id", "event_id", "vin", "reason")
 
 REASON_UNVERIFIED = "iot_unverified"
@@ -288,6 +303,13 @@ def _int_column(frame: pd.DataFrame, name: str, column: str) -> np.ndarray:
     return values.to_numpy(dtype=np.int64)
 
 
+def _member(values: pd.Series, of: pd.Series) -> np.ndarray:
+    """``values.isin(of)`` as a bool array, by Python set membership (pandas' Arrow-backed
+    ``isin`` converts element by element and costs ~25 ms per call on a sub-BOM)."""
+    members = set(of.tolist())
+    return np.fromiter((v in members for v in values.tolist()), dtype=bool, count=len(values))
+
+
 def _unique_ids(frame: pd.DataFrame, name: str, column: str) -> None:
     ids = frame[column]
     if ids.isna().any():
@@ -323,7 +345,7 @@ def _model_structure(model_bom: pd.DataFrame, sub_bom: pd.DataFrame) -> _ModelSp
         "sub_quantity": _int_column(sub_bom, "sub_bom", "quantity"),
         "sub_unit_price_fen": _int_column(sub_bom, "sub_bom", "unit_price_fen"),
     })
-    sub = sub[sub["parent_part_id"].isin(bom["part_id"])]
+    sub = sub[_member(sub["parent_part_id"], bom["part_id"])]
     bom["line_value_fen"] = bom["quantity"] * bom["unit_price_fen"]
     pairs = bom.merge(sub, left_on="part_id", right_on="parent_part_id", how="inner", sort=False)
     pairs["line_value_fen"] = pairs["quantity"] * pairs["sub_quantity"] * pairs["sub_unit_price_fen"]
@@ -477,15 +499,44 @@ def bom_lineage(model_bom: pd.DataFrame, sub_bom: pd.DataFrame) -> pd.DataFrame:
 class Allocation:
     """The result of one micro-batch.
 
-    credits: CREDIT_COLUMNS, one row per (vin, supplier_id), sorted by credit_id.
-    lines: LINE_COLUMNS, the lineage of each credit, sorted by credit_id, bom_line_id,
-        sub_bom_line_id (tier-1 line first).
+    credits: CREDIT_COLUMNS, one row per (vin, supplier_id), sorted by credit_id; ``split_id``
+        names the split that holds the credit's lineage.
+    splits: SPLIT_COLUMNS, the lineage of every split a credit names (one row per BOM line and
+        sub-BOM line of the supplier in the model), sorted by split_id, bom_line_id,
+        sub_bom_line_id (tier-1 line first, its sub_bom_line_id None).
     exceptions: EXCEPTION_COLUMNS, one row per event that created nothing, sorted by event_id.
     """
 
     credits: pd.DataFrame
-    lines: pd.DataFrame
+    splits: pd.DataFrame
     exceptions: pd.DataFrame
+
+    @property
+    def lines(self) -> pd.DataFrame:
+        """LINE_COLUMNS, the lineage of each credit (``credit_lines``), sorted by credit_id,
+        bom_line_id, sub_bom_line_id (tier-1 line first). Built on demand: at reference scale it
+        is ~12 M rows a day; storage keeps ``splits`` instead."""
+        return credit_lines(self.credits, self.splits)
+
+
+def structure_hash(lineage: pd.DataFrame) -> str:
+    """sha256 (hex) of one model's lineage (LINEAGE_COLUMNS, as ``bom_lineage`` returns it): the
+    rows in (supplier_id, bom_line_id, sub_bom_line_id) order, tab-separated, one per line,
+    ``sub_bom_line_id`` empty for a tier-1 line. It changes when any BOM or sub-BOM line,
+    quantity or price behind the model's split changes, and only then."""
+    _require(lineage, "lineage", LINEAGE_COLUMNS)
+    frame = lineage.sort_values(["supplier_id", "bom_line_id", "sub_bom_line_id"], na_position="first",
+                                kind="mergesort", ignore_index=True)
+    sub = frame["sub_bom_line_id"].astype(object)
+    text = (frame["supplier_id"].astype(str) + "\t" + frame["bom_line_id"].astype(str) + "\t"
+            + pd.Series(np.where(sub.isna(), "", sub.astype(str)), dtype=object, index=frame.index) + "\t"
+            + frame["line_value_fen"].astype(np.int64).astype(str))
+    return hashlib.sha256(("\n".join(text.tolist()) + "\n").encode("utf-8")).hexdigest()
+
+
+def split_id(model_id: Any, structure_hash_hex: str, supplier_id: Any) -> str:
+    """``<model_id>:<first STRUCTURE_HASH_CHARS of the structure hash>:<supplier_id>``."""
+    return f"{model_id}:{structure_hash_hex[:STRUCTURE_HASH_CHARS]}:{supplier_id}"
 
 
 def financeable_value(bom_cost_fen: int, policy: CascadePolicy) -> int:
@@ -611,8 +662,16 @@ def allocate(line_offs: pd.DataFrame, production: pd.DataFrame, bom: pd.DataFram
         structures[model] = structure
         financeable = financeable_value(int(structure.tier1_cost.sum()), policy)
         split = _split(structure, financeable)
-        shares.append(split[split["share_fen"] > 0].assign(model_id=model))
-        lineages.append(structure.lineage.assign(model_id=model))
+        split = split[split["share_fen"] > 0]
+        digest = structure_hash(structure.lineage)
+        ids = pd.Series([split_id(model, digest, s) for s in split["supplier_id"]], dtype=object,
+                        index=split.index)
+        shares.append(split.assign(model_id=model, split_id=ids))
+        lineage = structure.lineage
+        lineage = lineage[_member(lineage["supplier_id"].astype(str), split["supplier_id"].astype(str))]
+        lineages.append(lineage.assign(
+            model_id=model, structure_hash=digest,
+            split_id=[split_id(model, digest, s) for s in lineage["supplier_id"]]))
 
     failed = reason.notna()
     exceptions = pd.DataFrame({
@@ -626,18 +685,27 @@ def allocate(line_offs: pd.DataFrame, production: pd.DataFrame, bom: pd.DataFram
     accepted = events.loc[~failed, ["event_id", "vin", "model_id"]].reset_index(drop=True)
     accepted["order"] = np.arange(len(accepted), dtype=np.int64)
     if not shares or accepted.empty:
-        return Allocation(_empty(CREDIT_COLUMNS), _empty(LINE_COLUMNS), exceptions)
+        return Allocation(_empty(CREDIT_COLUMNS), _empty(SPLIT_COLUMNS), exceptions)
 
     all_shares = pd.concat(shares, ignore_index=True)
-    credits = accepted.merge(all_shares[["model_id", "supplier_id", "share_fen"]], on="model_id", how="inner")
+    credits = accepted.merge(all_shares[["model_id", "supplier_id", "share_fen", "split_id"]], on="model_id",
+                             how="inner")
     credits = _apply_caps(credits, suppliers, policy)
     credits["credit_id"] = credits["vin"].astype(str) + ":" + credits["supplier_id"].astype(str)
     credits["batch_id"] = batch_id
     credits["policy_version"] = policy.version
     credits = credits.sort_values("credit_id", kind="mergesort", ignore_index=True)[list(CREDIT_COLUMNS)]
 
-    lines = _credit_lines(credits, pd.concat(lineages, ignore_index=True))
-    return Allocation(credits, lines, exceptions)
+    used = set(credits["split_id"].unique())  # splits of models whose vehicles all failed are left out
+    splits = pd.concat(lineages, ignore_index=True)
+    splits = splits[splits["split_id"].isin(used)]
+    splits = splits.sort_values(["split_id", "bom_line_id", "sub_bom_line_id"], na_position="first",
+                                kind="mergesort", ignore_index=True)
+    sub_ids = splits["sub_bom_line_id"]
+    splits["sub_bom_line_id"] = pd.Series(np.where(sub_ids.notna(), sub_ids.to_numpy(dtype=object), None),
+                                          dtype=object, index=splits.index)
+    splits = splits.astype({"line_value_fen": np.int64})[list(SPLIT_COLUMNS)]
+    return Allocation(credits, splits, exceptions)
 
 
 def _supplier_caps(suppliers: pd.DataFrame, policy: CascadePolicy) -> pd.DataFrame:
@@ -687,25 +755,41 @@ def _apply_caps(credits: pd.DataFrame, suppliers: pd.DataFrame, policy: CascadeP
     return credits
 
 
-def _credit_lines(credits: pd.DataFrame, lineage: pd.DataFrame) -> pd.DataFrame:
-    """Broadcast each (model, supplier) lineage block to the credits of that model and supplier."""
-    lineage = lineage.assign(supplier_id=lineage["supplier_id"].astype(str))
-    lineage = lineage.sort_values(["model_id", "supplier_id", "bom_line_id", "sub_bom_line_id"],
-                                  na_position="first", kind="mergesort", ignore_index=True)
-    blocks = lineage.groupby(["model_id", "supplier_id"], sort=False).size().rename("count").reset_index()
+def credit_lines(credits: pd.DataFrame, splits: pd.DataFrame) -> pd.DataFrame:
+    """The lineage of each credit: its split's lines, under its credit_id.
+
+    Args:
+        credits: credit_id, split_id (e.g. ``Allocation.credits``).
+        splits: SPLIT_COLUMNS (at least split_id, bom_line_id, sub_bom_line_id, line_value_fen),
+            holding every split a credit names.
+
+    Returns:
+        LINE_COLUMNS, one row per (credit, line of its split), in credit order then
+        bom_line_id, sub_bom_line_id (tier-1 line first).
+
+    Raises:
+        CascadeError: a credit names a split that ``splits`` does not hold.
+    """
+    _require(credits, "credits", ("credit_id", "split_id"))
+    _require(splits, "splits", ("split_id", "bom_line_id", "sub_bom_line_id", "line_value_fen"))
+    if credits.empty:
+        return _empty(LINE_COLUMNS)
+    lineage = splits.sort_values(["split_id", "bom_line_id", "sub_bom_line_id"], na_position="first",
+                                 kind="mergesort", ignore_index=True)
+    blocks = lineage.groupby("split_id", sort=False).size().rename("count").reset_index()
     blocks["start"] = np.concatenate([[0], np.cumsum(blocks["count"].to_numpy())[:-1]]).astype(np.int64)
-    keyed = credits[["credit_id", "model_id", "supplier_id"]].assign(
-        supplier_id=credits["supplier_id"].astype(str))
-    keyed = keyed.merge(blocks, on=["model_id", "supplier_id"], how="left", sort=False)
-    if keyed["count"].isna().any():  # every split supplier has lineage; guard the invariant
-        raise CascadeError("allocate: a credit has no BOM lineage (internal invariant broken)")
+    keyed = credits[["credit_id", "split_id"]].merge(blocks, on="split_id", how="left", sort=False)
+    if keyed["count"].isna().any():
+        missing = sorted(map(str, keyed.loc[keyed["count"].isna(), "split_id"].unique()))[:5]
+        raise CascadeError(f"credit_lines: expected a split for every credit, got none for {missing}")
     count = keyed["count"].to_numpy(dtype=np.int64)
     start = keyed["start"].to_numpy(dtype=np.int64)
     offset_in_block = np.arange(int(count.sum()), dtype=np.int64) - np.repeat(np.cumsum(count) - count, count)
     take = np.repeat(start, count) + offset_in_block
+    sub = lineage["sub_bom_line_id"].to_numpy(dtype=object)[take]
     return pd.DataFrame({
         "credit_id": keyed["credit_id"].array.take(np.repeat(np.arange(len(keyed)), count)),
         "bom_line_id": lineage["bom_line_id"].array.take(take),
-        "sub_bom_line_id": pd.Series(lineage["sub_bom_line_id"].to_numpy(dtype=object)[take], dtype=object),
+        "sub_bom_line_id": pd.Series(np.where(pd.isna(sub), None, sub), dtype=object),
         "line_value_fen": lineage["line_value_fen"].to_numpy(dtype=np.int64)[take],
     }, columns=list(LINE_COLUMNS))

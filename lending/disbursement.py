@@ -115,16 +115,21 @@ def plan_instructions(loans: pd.DataFrame, credits: pd.DataFrame) -> tuple[pd.Da
     lkey = [LOAN_PREFIX + a for a in _texts(loans["application_id"])]
     dealers, lbatch = _texts(loans["dealer_id"]), _texts(loans["source_batch"])
     cid, cbatch, sup = _texts(credits["credit_id"]), _texts(credits["batch_id"]), _texts(credits["supplier_id"])
-    ckey = [f"sc:{b}:{s}" for b, s in zip(cbatch, sup)]
-    agg: dict[str, list] = {}  # key -> [supplier, batch, amount]
-    for k, b, s, a in zip(ckey, cbatch, sup, ca.tolist()):
-        if k not in agg:
-            agg[k] = [s, b, a]
-        elif agg[k][:2] == [s, b]:
-            agg[k][2] += a
-        else:  # e.g. batch "a:b" + supplier "c" and batch "a" + supplier "b:c"
-            raise LedgerError(f"plan_instructions: key(s) {[k]} would aggregate credits of different (micro-batch, "
-                              "supplier) pairs; a batch id must not contain ':'")
+    # a supplier's credits of one micro-batch: one instruction (vectorised: millions of credits a day)
+    bcode, batches = pd.factorize(np.asarray(cbatch, dtype=object))
+    scode, suppliers = pd.factorize(np.asarray(sup, dtype=object))
+    pcode, pairs = pd.factorize(bcode.astype(np.int64) * max(len(suppliers), 1) + scode)  # in order of appearance
+    pbatch = batches[pairs // max(len(suppliers), 1)].tolist()
+    psup = suppliers[pairs % max(len(suppliers), 1)].tolist()
+    pkey = [f"sc:{b}:{s}" for b, s in zip(pbatch, psup)]
+    if len(set(pkey)) < len(pkey):  # e.g. batch "a:b" + supplier "c" and batch "a" + supplier "b:c"
+        seen: set[str] = set()
+        k = next(k for k in pkey if k in seen or seen.add(k))
+        raise LedgerError(f"plan_instructions: key(s) {[k]} would aggregate credits of different (micro-batch, "
+                          "supplier) pairs; a batch id must not contain ':'")
+    psum = np.zeros(len(pairs), dtype=np.int64)
+    np.add.at(psum, pcode, ca)
+    agg = {k: (s, b, a) for k, s, b, a in zip(pkey, psup, pbatch, psum.tolist())}  # key -> (supplier, batch, amount)
     ikey = lkey + list(agg)
     ids = _instruction_ids(ikey)
     bt = ["dealer"] * len(lkey) + ["supplier"] * len(agg)
@@ -140,7 +145,8 @@ def plan_instructions(loans: pd.DataFrame, credits: pd.DataFrame) -> tuple[pd.Da
         "source_batch": [batch[j] for j in order],
     })[INSTRUCTION_COLUMNS]
     items = _frame({"item_key": lkey + [CREDIT_PREFIX + c for c in cid],
-                    "instruction_id": [ids[k] for k in lkey] + [ids[k] for k in ckey],
+                    "instruction_id": [ids[k] for k in lkey] + np.asarray([ids[k] for k in pkey] or [None],
+                                                                            dtype=object)[pcode].tolist(),
                     "amount_fen": np.concatenate([la, ca]).astype(np.int64)})
     return instructions, items
 

@@ -27,6 +27,10 @@ from models.trainers import Candidate, TrainConfig, train_candidate
 GBMS = ("lightgbm", "xgboost", "catboost")
 BENCHMARK = "scorecard"
 MIN_BADS = {"train": 20, "validation": 5, "oot": 5}
+# The OOT window spans at least this many observation dates when the dataset has enough of them
+# (MIN_OOT_DATES + 2): on a snapshot dataset with few dates (supplier_pd: weekly snapshots whose
+# label horizon must have matured), 20 % of the rows is a single date, one draw of the calendar.
+MIN_OOT_DATES = 3
 
 
 class TrainingError(RuntimeError):
@@ -42,8 +46,13 @@ class Split:
 
 
 def oot_split(df: pd.DataFrame, fractions: tuple[float, float, float] = (0.6, 0.2, 0.2),
-              date_column: str = "obs_date") -> Split:
+              date_column: str = "obs_date", min_oot_dates: int = MIN_OOT_DATES) -> Split:
     """Split ``df`` by ``date_column`` into train / validation / OOT (see the module docstring).
+
+    When the fractions leave fewer than ``min_oot_dates`` dates to the OOT window and the dataset
+    has at least ``min_oot_dates + 2`` dates, the OOT window takes the latest ``min_oot_dates``
+    dates and the validation window keeps its number of dates just before it (train takes the
+    rest, at least one date).
 
     Snapshot datasets (one loan observed on several dates) split on the loan's cohort date
     (its drawdown) instead, so every part holds whole loans and the same mix of loan ages: on a
@@ -61,6 +70,12 @@ def oot_split(df: pd.DataFrame, fractions: tuple[float, float, float] = (0.6, 0.
     cut1 = share.index[min(int(np.searchsorted(share.to_numpy(), fractions[0])), len(share) - 3)]
     rest = share[share.index > cut1]
     cut2 = rest.index[min(int(np.searchsorted(rest.to_numpy(), fractions[0] + fractions[1])), len(rest) - 2)]
+    i1, i2, n = share.index.get_loc(cut1), share.index.get_loc(cut2), len(share)
+    if n - 1 - i2 < min_oot_dates and n >= min_oot_dates + 2:
+        n_val = i2 - i1
+        i2 = n - 1 - min_oot_dates
+        i1 = max(0, min(i1, i2 - n_val))
+        cut1, cut2 = share.index[i1], share.index[i2]
     train = (dates <= cut1).to_numpy()
     validation = ((dates > cut1) & (dates <= cut2)).to_numpy()
     oot = (dates > cut2).to_numpy()

@@ -7,8 +7,9 @@ disbursement we cannot run here, so this module plays it, with the contract such
   amount_fen}`` pays once: ``201`` and ``{payment_id, status: "accepted", ...}``. The same key
   again returns the **stored** result with ``200``; the same key with a different payee or
   amount is refused with ``409`` (a bug upstream, never a second payment).
-- ``POST /payments/batch`` with ``{"payments": [...]}``: the same per payment, answered
-  ``200`` with ``{"results": [{"code": 201|200|409|400, ...}, ...]}`` in order.
+- ``POST /payments/batch`` with ``{"payments": [...]}``: the same per payment (each with its
+  own idempotency key), answered ``200`` with ``{"results": [{"code": 201|200|409|400, ...},
+  ...]}`` in order; the batch is stored in one transaction (one commit, not one per payment).
 - ``GET /payments/<idempotency_key>``: the stored result, or ``404``.
 - ``GET /payments``: ``{count, amount_fen}`` of everything paid (for the demo report and tests).
 - ``POST /_faults`` ``{"stall_after_accept_s": 3.0, "count": 1}``: the next ``count`` new
@@ -83,11 +84,7 @@ class PaymentRailServer:
                                         "count": int(body.get("count", 0))}
                     return self._reply(200, rail._faults)
                 if self.path == "/payments/batch":
-                    results, stall = [], 0.0
-                    for p in body.get("payments") or []:
-                        code, result, s = rail.pay(p if isinstance(p, dict) else {})
-                        results.append({"code": code, **result})
-                        stall = max(stall, s)
+                    results, stall = rail.pay_batch([p if isinstance(p, dict) else {} for p in body.get("payments") or []])
                     if stall:
                         time.sleep(stall)
                     return self._reply(200, {"results": results})
@@ -112,34 +109,77 @@ class PaymentRailServer:
 
     def pay(self, body: dict) -> tuple[int, dict, float]:
         """``(HTTP status, response, seconds to stall)``: pays a new key once, replays a known one."""
+        (code, result), stall = self._pay_all([body])
+        return code[0], result[0], stall
+
+    def pay_batch(self, bodies: list[dict]) -> tuple[list[dict], float]:
+        """``({code, ...response}`` per payment, in order``, seconds to stall)``: each payment as
+        :meth:`pay` (its own idempotency key: a new key pays once, a known one replays, a reused
+        one with another payee or amount is refused), the batch stored in one transaction."""
+        (codes, results), stall = self._pay_all(bodies)
+        return [{"code": c, **r} for c, r in zip(codes, results)], stall
+
+    def _pay_all(self, bodies: list[dict]) -> tuple[tuple[list[int], list[dict]], float]:
+        """Each payment in order, in one transaction: the stored payments of the batch's keys are
+        read in one statement per 500 keys, the new ones inserted together."""
+        codes, results, stall = [], [], 0.0
+        with self._lock:
+            db = self._db()
+            try:
+                db.execute("BEGIN IMMEDIATE")
+                keys = list({b["idempotency_key"] for b in bodies if isinstance(b.get("idempotency_key"), str)})
+                stored = {}
+                for i in range(0, len(keys), 500):
+                    part = keys[i:i + 500]
+                    stored.update((row[0], row) for row in db.execute(
+                        f"SELECT * FROM payments WHERE idempotency_key IN ({', '.join('?' * len(part))})", part))
+                new, now = [], time.strftime("%Y-%m-%dT%H:%M:%S")
+                for body in bodies:
+                    code, result, s, row = self._pay(stored, body, now)
+                    if row is not None:
+                        stored[row[0]] = row  # the same key again in this batch replays it
+                        new.append(row)
+                    codes.append(code)
+                    results.append(result)
+                    stall = max(stall, s)
+                db.executemany("INSERT INTO payments VALUES (?, ?, ?, ?, ?, ?, ?)", new)
+                db.execute("COMMIT")  # stored and committed before any stall
+            except BaseException:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
+            finally:
+                db.close()
+        return (codes, results), stall
+
+    def _pay(self, stored: dict[str, tuple], body: dict, now: str) -> tuple[int, dict, float, tuple | None]:
+        """``(status, response, stall, the new payment row or None)`` of one payment, given the
+        ``stored`` payments by key."""
         missing = [f for f in FIELDS if body.get(f) in (None, "")]
         if missing:
-            return 400, {"error": f"missing fields {missing}"}, 0.0
+            return 400, {"error": f"missing fields {missing}"}, 0.0, None
+        if not isinstance(body["idempotency_key"], str):
+            return 400, {"error": f"idempotency_key must be a string, got {body['idempotency_key']!r}"}, 0.0, None
         amount = body["amount_fen"]
         if not isinstance(amount, int) or isinstance(amount, bool) or amount <= 0:
-            return 400, {"error": f"amount_fen must be a positive integer, got {amount!r}"}, 0.0
-        with self._lock, self._db() as db:
-            row = db.execute("SELECT * FROM payments WHERE idempotency_key = ?", (body["idempotency_key"],)).fetchone()
-            if row is not None:
-                stored = self._row(db, row)
-                same = all(str(stored[f]) == str(body[f]) for f in ("payee_type", "payee_id", "amount_fen"))
-                if not same:
-                    return 409, {"error": "idempotency key reused with a different payment", "stored": stored}, 0.0
-                return 200, {**stored, "replayed": True}, 0.0
-            payment_id = "PAY" + uuid.uuid4().hex[:20].upper()
-            db.execute("INSERT INTO payments VALUES (?, ?, ?, ?, ?, ?, ?)", (
-                body["idempotency_key"], payment_id, body["instruction_id"], body["payee_type"],
-                body["payee_id"], amount, time.strftime("%Y-%m-%dT%H:%M:%S")))
-            stall = 0.0
-            if self._faults["count"] > 0:
-                self._faults["count"] -= 1
-                stall = self._faults["stall_after_accept_s"]
-            stored = self._row(db, db.execute("SELECT * FROM payments WHERE idempotency_key = ?",
-                                              (body["idempotency_key"],)).fetchone())
-        return 201, {**stored, "replayed": False}, stall
+            return 400, {"error": f"amount_fen must be a positive integer, got {amount!r}"}, 0.0, None
+        row = stored.get(body["idempotency_key"])
+        if row is not None:
+            known = self._row(None, row)
+            same = all(str(known[f]) == str(body[f]) for f in ("payee_type", "payee_id", "amount_fen"))
+            if not same:
+                return 409, {"error": "idempotency key reused with a different payment", "stored": known}, 0.0, None
+            return 200, {**known, "replayed": True}, 0.0, None
+        row = (body["idempotency_key"], "PAY" + uuid.uuid4().hex[:20].upper(), body["instruction_id"],
+               body["payee_type"], body["payee_id"], amount, now)
+        stall = 0.0
+        if self._faults["count"] > 0:
+            self._faults["count"] -= 1
+            stall = self._faults["stall_after_accept_s"]
+        return 201, {**self._row(None, row), "replayed": False}, stall, row
 
     @staticmethod
-    def _row(db: sqlite3.Connection, row: tuple) -> dict:
+    def _row(db: sqlite3.Connection | None, row: tuple) -> dict:
         cols = ("idempotency_key", "payment_id", "instruction_id", "payee_type", "payee_id", "amount_fen",
                 "accepted_at")
         return {**dict(zip(cols, row)), "status": "accepted"}

@@ -55,7 +55,7 @@ CHUNK_INSTRUCTIONS = 5_000
 # items, and of reviews approved since): older batches were settled by earlier runs; a full
 # reconciliation over everything is ``reconcile_ledger(..., scope=EVERYTHING)`` (the demo report)
 DISBURSE_LOOKBACK_DAYS = 7
-OUTBOX_BATCH = 500
+OUTBOX_BATCH = 2_000  # payments per rail request (each keeps its own idempotency key)
 # test hook: ``disburse.after_chunk:<k>`` SIGKILLs this process right after the k-th chunk commits
 FAILPOINT_ENV = "CHAINLEND_FAILPOINT"
 
@@ -212,6 +212,54 @@ class Scope:
 EVERYTHING = Scope(None)
 
 
+def _bounds(t: dict[str, sa.Table], interval_end: dt.datetime,
+            cutoff: dt.datetime) -> tuple[list, list, list]:
+    """The conditions that bound what a run pays (batches up to ``interval_end``, decided before
+    ``cutoff``): for automatic decisions, officer-approved reviews and supplier credits."""
+    d, rq, c = t["loan_decisions"], t["review_queue"], t["supplier_credits"]
+    last_batch = f"approve.{interval_end:%Y%m%d}"
+    return ([d.c.decision_batch <= last_batch, d.c.decided_at < cutoff],
+            [d.c.decision_batch <= last_batch, rq.c.decided_at < cutoff],
+            [c.c.batch_id <= f"sc.{interval_end:%Y%m%dT%H%M}", c.c.allocated_at < cutoff])
+
+
+def _payable_where(t: dict[str, sa.Table], scope: Scope, interval_end: dt.datetime | None = None,
+                   cutoff: dt.datetime | None = None) -> tuple[list, list, list]:
+    """The WHERE conditions of the payable automatic decisions, officer-approved reviews (joined to
+    their decision) and supplier credits of ``scope``; without ``interval_end``/``cutoff``: also
+    what later runs will pay. :func:`payable` and :func:`reconcile_ledger` both read through these."""
+    d, rq, c = t["loan_decisions"], t["review_queue"], t["supplier_credits"]
+    auto_w = [d.c.decision.in_(["approved", "reduced"]), d.c.amount_fen > 0]
+    rev_w = [d.c.decision == "review", rq.c.status == "approved", rq.c.amount_fen > 0]
+    cred_w = [c.c.amount_fen > 0]
+    if interval_end is not None:
+        for w, b in zip((auto_w, rev_w, cred_w), _bounds(t, interval_end, cutoff)):
+            w.extend(b)
+    if scope.since is not None:
+        # the batches of held items only when there are some: an OR with an empty IN costs the
+        # index range on SQLite (a multi-index OR over millions of credits)
+        held = list(scope.held_batches)
+        approve, sc = f"approve.{scope.since:%Y%m%d}", f"sc.{scope.since:%Y%m%dT%H%M}"
+        auto_w.append(sa.or_(d.c.decision_batch >= approve, d.c.decision_batch.in_(held)) if held
+                      else d.c.decision_batch >= approve)
+        rev_w.append(sa.or_(d.c.decision_batch >= approve, rq.c.decided_at >= scope.since,
+                            *([d.c.decision_batch.in_(held)] if held else [])))
+        cred_w.append(sa.or_(c.c.batch_id >= sc, c.c.batch_id.in_(held)) if held else c.c.batch_id >= sc)
+    return auto_w, rev_w, cred_w
+
+
+def _credit_batch_where(t: dict[str, sa.Table], scope: Scope, interval_end: dt.datetime | None) -> list:
+    """The conditions on ``supplier_credits.batch_id`` alone of :func:`_payable_where` (an index-only
+    scan); the last one is the scope's."""
+    c = t["supplier_credits"]
+    w = [] if interval_end is None else [c.c.batch_id <= f"sc.{interval_end:%Y%m%dT%H%M}"]
+    if scope.since is not None:
+        sc = f"sc.{scope.since:%Y%m%dT%H%M}"
+        w.append(sa.or_(c.c.batch_id >= sc, c.c.batch_id.in_(list(scope.held_batches))) if scope.held_batches
+                 else c.c.batch_id >= sc)
+    return w
+
+
 def payable(w: Warehouse, interval_end: dt.datetime, cutoff: dt.datetime,
             scope: Scope = EVERYTHING) -> tuple[pd.DataFrame, pd.DataFrame]:
     """``(loans, credits)`` to pay: decisions of batches up to ``interval_end`` made before
@@ -219,36 +267,89 @@ def payable(w: Warehouse, interval_end: dt.datetime, cutoff: dt.datetime,
 
     Loans: ``approved`` and ``reduced`` decisions at their amount, and ``review`` decisions a
     credit officer approved (at the officer's amount). Credits: supplier credits with an amount."""
+    loans, credits, _ = _payable(w, interval_end, cutoff, scope, pending=False)
+    return loans, credits
+
+
+def _payable(w: Warehouse, interval_end: dt.datetime, cutoff: dt.datetime, scope: Scope, *,
+             pending: bool) -> tuple[pd.DataFrame, pd.DataFrame, int]:
+    """:func:`payable`; ``pending``: only what has no instruction yet, decided in the database (a
+    loan whose ``loan:<application>`` key is instructed, a credit whose micro-batch and supplier
+    have their ``sc:<batch>:<supplier>`` instruction, is not read), and the number of the scope's
+    instructions that exist already (0 unless ``pending``)."""
+    from lending.disbursement import LOAN_PREFIX
+
     t = w.lending
-    d, rq, c = t["loan_decisions"], t["review_queue"], t["supplier_credits"]
-    last_batch = f"approve.{interval_end:%Y%m%d}"
-    last_sc = f"sc.{interval_end:%Y%m%dT%H%M}"
-    auto_w = [d.c.decision.in_(["approved", "reduced"]), d.c.decision_batch <= last_batch, d.c.decided_at < cutoff]
-    rev_w = [d.c.decision == "review", rq.c.status == "approved", d.c.decision_batch <= last_batch,
-             rq.c.decided_at < cutoff]
-    cred_w = [c.c.amount_fen > 0, c.c.batch_id <= last_sc, c.c.allocated_at < cutoff]
-    if scope.since is not None:
-        held = list(scope.held_batches)
-        auto_w.append(sa.or_(d.c.decision_batch >= f"approve.{scope.since:%Y%m%d}", d.c.decision_batch.in_(held)))
-        rev_w.append(sa.or_(d.c.decision_batch >= f"approve.{scope.since:%Y%m%d}", rq.c.decided_at >= scope.since,
-                            d.c.decision_batch.in_(held)))
-        cred_w.append(sa.or_(c.c.batch_id >= f"sc.{scope.since:%Y%m%dT%H%M}", c.c.batch_id.in_(held)))
+    d, rq, c, pi = t["loan_decisions"], t["review_queue"], t["supplier_credits"], t["payment_instructions"]
+    auto_w, rev_w, cred_w = _payable_where(t, scope, interval_end, cutoff)
+    instructed = sa.exists().where(pi.c.idempotency_key == sa.literal(LOAN_PREFIX) + d.c.application_id)
+    already = 0
     with w.engine.connect() as conn:
+        if pending:
+            for where, frm in ((auto_w, d), (rev_w, d.join(rq, rq.c.application_id == d.c.application_id))):
+                already += conn.execute(sa.select(sa.func.count()).select_from(frm).where(*where, instructed)
+                                        ).scalar_one()
+            auto_w, rev_w = [*auto_w, ~instructed], [*rev_w, ~instructed]
         auto = _read(conn, sa.select(d.c.application_id, d.c.dealer_id, d.c.amount_fen,
                                      d.c.decision_batch.label("source_batch")).where(*auto_w))
         reviewed = _read(conn, sa.select(d.c.application_id, d.c.dealer_id, rq.c.amount_fen,
                                          d.c.decision_batch.label("source_batch")).join(
             rq, rq.c.application_id == d.c.application_id).where(*rev_w))
-        credits = _read(conn, sa.select(c.c.credit_id, c.c.batch_id, c.c.supplier_id, c.c.amount_fen).where(*cred_w))
+        cols = (c.c.credit_id, c.c.batch_id, c.c.supplier_id, c.c.amount_fen)
+        if pending:
+            credits, done = _pending_credits(conn, t, scope, interval_end, cred_w, cols)
+            already += done
+        else:
+            credits = _read(conn, sa.select(*cols).where(*cred_w))
     loans = pd.concat([auto, reviewed], ignore_index=True) if len(reviewed) else auto
-    return loans[loans.amount_fen > 0].reset_index(drop=True), credits
+    return loans.reset_index(drop=True), credits, already
+
+
+def _pending_credits(conn, t: dict[str, sa.Table], scope: Scope, interval_end: dt.datetime, cred_w: list,
+                     cols: tuple) -> tuple[pd.DataFrame, int]:
+    """The payable credits of ``scope`` whose (micro-batch, supplier) instruction does not exist,
+    and the number of the scope's micro-batch instructions that do: per micro-batch, the credits
+    of the suppliers without one (a short ``NOT IN`` list the database checks per row; a probe of
+    the instruction key per credit costs ~5 times as much)."""
+    c, pi = t["supplier_credits"], t["payment_instructions"]
+    batches = list(conn.execute(sa.select(c.c.batch_id).distinct().where(*_credit_batch_where(t, scope, interval_end)))
+                   .scalars())
+    done: dict[str, list[str]] = {}
+    if batches:
+        q = sa.select(pi.c.idempotency_key, pi.c.source_batch, pi.c.borrower_id).where(
+            pi.c.kind == "supplier_credit", pi.c.source_batch >= min(batches), pi.c.source_batch <= max(batches))
+        for key, batch, supplier in conn.execute(q):
+            if key != f"sc:{batch}:{supplier}":
+                raise DisbursementError(f"instruction {key!r} of batch {batch!r} and supplier {supplier!r} does "
+                                        "not carry the key sc:<batch>:<supplier>: the instructions were not "
+                                        "written by this ledger; an operator must look")
+            done.setdefault(batch, []).append(supplier)
+    parts = []
+    for b in batches:
+        where = [*cred_w, c.c.batch_id == b]
+        if done.get(b):
+            where.append(c.c.supplier_id.not_in(done[b]))
+        part = _read(conn, sa.select(*[col for col in cols if col is not c.c.batch_id]).where(*where))
+        part["batch_id"] = pd.Series([b] * len(part), index=part.index, dtype=object)  # one batch a query
+        parts.append(part[[col.name for col in cols]])
+    n_done = sum(len(done.get(b, ())) for b in batches)
+    if not parts:
+        return _read(conn, sa.select(*cols).where(sa.false())), n_done
+    return (pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]), n_done
 
 
 def _read(conn, stmt) -> pd.DataFrame:
     """The rows of ``stmt`` as a frame: text columns as numpy objects (see :func:`_objects`), integer
-    columns numeric; without ``pandas.read_sql``'s inference of every value."""
+    columns numeric; without ``pandas.read_sql``'s inference of every value. Columns whose type
+    converts nothing (text, integers) come as the driver's tuples, without a SQLAlchemy row each."""
     res = conn.execute(stmt)
-    names, rows = list(res.keys()), res.all()
+    names = list(res.keys())
+    plain = all(c.type.result_processor(conn.dialect, None) is None for c in stmt.selected_columns)
+    if plain:
+        rows = res.cursor.fetchall()
+        res.close()
+    else:
+        rows = res.all()
     columns = list(zip(*rows)) if rows else [()] * len(names)
     return pd.DataFrame({n: pd.to_numeric(pd.Series(v, dtype=object)) if isinstance(c.type, sa.Integer)
                          else pd.Series(v, dtype=object)
@@ -370,6 +471,14 @@ class _Plan:
         return {c: [v[i] for i in keep] for c, v in self.items.items()}
 
 
+def _by_key(columns: dict[str, list], key: str) -> dict[str, list]:
+    """``columns`` with their rows in the order of ``key``: inserted so, the rows of a day's credits
+    fill the item key's B-tree page after page instead of each instruction's credits sweeping
+    over all of them (a page-cache miss per row once the index outgrows the cache)."""
+    order = sorted(range(len(columns[key])), key=columns[key].__getitem__)
+    return {c: [v[i] for i in order] for c, v in columns.items()}
+
+
 def post_instructions(interval_end: dt.datetime, *, scope: str, holder: str, run_id: str,
                       warehouse: Warehouse | None = None, chunk_size: int = CHUNK_INSTRUCTIONS) -> dict:
     """Post everything payable up to ``interval_end`` that has no instruction yet.
@@ -382,16 +491,13 @@ def post_instructions(interval_end: dt.datetime, *, scope: str, holder: str, run
     fence = acquire_lease(w, scope, holder)
     cutoff = _now() + dt.timedelta(seconds=1)
     batches = Scope.of(w, interval_end)
-    loans, credits = payable(w, interval_end, cutoff, batches)
-    instructions, items = plan_instructions(loans, credits)
-    with w.engine.connect() as conn:
-        done = _existing(conn, w.lending["payment_instructions"], "idempotency_key",
-                         instructions.idempotency_key.tolist())
-    todo = instructions[~instructions.idempotency_key.isin(done)].reset_index(drop=True) if done else instructions
+    # what has no instruction yet (a concurrent run's are skipped again under the chunk's locks)
+    loans, credits, already = _payable(w, interval_end, cutoff, batches, pending=True)
+    todo, items = plan_instructions(loans, credits)
     entries = disbursement_entries(todo)
     check_entries(entries)  # every entry of the plan, before any of it is posted
     plan = _Plan.of(todo, items, entries)
-    totals, held = _Totals(already=len(done)), {"frozen": 0, "over_limit": 0}
+    totals, held = _Totals(already=already), {"frozen": 0, "over_limit": 0}
     failpoint = os.environ.get(FAILPOINT_ENV, "")
     for begin, end in _chunks(todo, chunk_size):
         h = _post_chunk(w, plan, range(begin, end), scope=scope, fence=fence, run_id=run_id, totals=totals)
@@ -402,7 +508,7 @@ def post_instructions(interval_end: dt.datetime, *, scope: str, holder: str, run
             log.error("failpoint %s: SIGKILL", failpoint)
             os.kill(os.getpid(), signal.SIGKILL)
     _drop_stale_holds(w, set(items.item_key), run_id)
-    return {"fence": fence, "cutoff": cutoff.isoformat(), "planned": int(len(instructions)),
+    return {"fence": fence, "cutoff": cutoff.isoformat(), "planned": int(len(todo)) + already,
             "already_instructed": totals.already, "instructions": totals.instructions, "items": totals.items,
             "postings": totals.postings, "amount_fen": totals.amount_fen,
             "held_frozen": held["frozen"], "held_over_limit": held["over_limit"]}
@@ -470,7 +576,7 @@ def _post_chunk(w: Warehouse, plan: _Plan, rows: range, *, scope: str, fence: in
             numbers = _instruction_numbers(conn, n)
             _bulk_insert(conn, t["payment_instructions"], {"instruction_no": numbers, **ins},
                          {"run_id": run_id, "fence": fence, "created_at": now})
-            _bulk_insert(conn, t["instruction_items"], plan.stored_items(post), {})
+            _bulk_insert(conn, t["instruction_items"], _by_key(plan.stored_items(post), "item_key"), {})
             _bulk_insert(conn, t["ledger_entries"], {**entries, "instruction_id": ins["instruction_id"]},
                          {"posted_at": now})
             _outbox_rows(conn, numbers)
@@ -548,19 +654,22 @@ class PaymentRail:
 
 def send_outbox(rail: PaymentRail, warehouse: Warehouse | None = None, *, batch: int = OUTBOX_BATCH) -> dict:
     """Send every pending outbox row to the rail and record its answer; raises on a timeout or
-    a refusal (after recording the attempt), so Airflow retries the task."""
+    a refusal (after recording the attempt), so Airflow retries the task. Each payment carries
+    its own idempotency key; ``batch`` of them go in one request, and their answers are recorded
+    with plain DBAPI ``executemany`` (no SQLAlchemy parameter dict per row)."""
     w = warehouse or Warehouse.from_conn()
     ob = w.lending["payment_outbox"]
     with w.engine.connect() as conn:
-        pending = pd.read_sql(sa.select(ob).where(ob.c.status == "pending").order_by(ob.c.instruction_no), conn)
+        pending = conn.execute(sa.select(ob.c.instruction_no, ob.c.idempotency_key, ob.c.instruction_id,
+                                         ob.c.payee_type, ob.c.payee_id, ob.c.amount_fen)
+                               .where(ob.c.status == "pending").order_by(ob.c.instruction_no)).all()
     sent = accepted = replayed = 0
     refused: list[str] = []
     for i in range(0, len(pending), batch):
-        part = pending.iloc[i:i + batch]
-        payments = [{"idempotency_key": r.idempotency_key, "instruction_id": r.instruction_id,
-                     "payee_type": r.payee_type, "payee_id": r.payee_id, "amount_fen": int(r.amount_fen)}
-                    for r in part.itertuples()]
-        number = dict(zip(part.idempotency_key, part.instruction_no.astype(int).tolist()))
+        part = pending[i:i + batch]
+        payments = [{"idempotency_key": key, "instruction_id": iid, "payee_type": pt, "payee_id": pid,
+                     "amount_fen": int(amount)} for _, key, iid, pt, pid, amount in part]
+        number = {r[1]: int(r[0]) for r in part}
         with w.engine.begin() as conn:
             conn.execute(sa.update(ob).where(ob.c.instruction_no.in_(list(number.values()))).values(
                 attempts=ob.c.attempts + 1))
@@ -571,24 +680,28 @@ def send_outbox(rail: PaymentRail, warehouse: Warehouse | None = None, *, batch:
                 conn.execute(sa.update(ob).where(ob.c.instruction_no.in_(list(number.values()))).values(
                     last_error=str(exc)[:500]))
             raise
-        now = _now()
+        if len(results) != len(payments):
+            raise RailError(f"the payment rail answered {len(results)} results for {len(payments)} payments; "
+                            "nothing recorded: the retry resends the same idempotency keys")
         ok = [r for r in results if r["code"] in (200, 201)]
-        bad = [r for r in results if r["code"] not in (200, 201)]
+        bad = [(p, r) for p, r in zip(payments, results) if r["code"] not in (200, 201)]
         with w.engine.begin() as conn:
+            m = _mark(conn)
+            at = ob.c.sent_at.type.dialect_impl(conn.dialect).bind_processor(conn.dialect)
+            now = _now() if at is None else at(_now())
             if ok:
-                conn.execute(sa.update(ob).where(ob.c.instruction_no == sa.bindparam("no"), ob.c.status == "pending")
-                             .values(status="accepted", rail_reference=sa.bindparam("ref"), sent_at=now,
-                                     last_error=None),
-                             [{"no": number[r["idempotency_key"]], "ref": r["payment_id"]} for r in ok])
+                conn.exec_driver_sql(
+                    f"UPDATE payment_outbox SET status = 'accepted', rail_reference = {m}, sent_at = {m}, "
+                    f"last_error = NULL WHERE instruction_no = {m} AND status = 'pending'",
+                    [(r["payment_id"], now, number[r["idempotency_key"]]) for r in ok])
             if bad:
-                conn.execute(sa.update(ob).where(ob.c.instruction_no == sa.bindparam("no")).values(
-                    status="rejected", last_error=sa.bindparam("err")),
-                    [{"no": number[p["idempotency_key"]], "err": r.get("error", str(r["code"]))[:500]}
-                     for p, r in zip(payments, results) if r["code"] not in (200, 201)])
+                conn.exec_driver_sql(
+                    f"UPDATE payment_outbox SET status = 'rejected', last_error = {m} WHERE instruction_no = {m}",
+                    [(r.get("error", str(r["code"]))[:500], number[p["idempotency_key"]]) for p, r in bad])
         sent += len(part)
         accepted += sum(r["code"] == 201 for r in ok)
         replayed += sum(r["code"] == 200 for r in ok)
-        refused += [p["idempotency_key"] for p, r in zip(payments, results) if r["code"] not in (200, 201)]
+        refused += [p["idempotency_key"] for p, _ in bad]
     if refused:
         raise RailError(f"the payment rail refused {len(refused)} payment(s), e.g. {refused[:3]}: see "
                         "payment_outbox.last_error; they need an operator (reverse or correct)")
@@ -599,72 +712,198 @@ def send_outbox(rail: PaymentRail, warehouse: Warehouse | None = None, *, batch:
 # reconciliation
 
 
+def _per_instruction(w: Warehouse, conn, query: sa.Select, batch: sa.Column, first: str | None,
+                     last: str | None) -> list[tuple]:
+    """The rows of ``query`` (grouped by instruction; NULL: credits without one) over the credit
+    batches from ``first`` to ``last``: the micro-batches before and from the one halfway in time
+    read side by side on two connections (the database does the work; the drivers release the
+    GIL). An instruction's credits are all of one batch, so only the NULL group is in both halves,
+    and is added up."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    try:
+        lo, hi = (dt.datetime.strptime(b, "sc.%Y%m%dT%H%M") for b in (first, last))
+    except (TypeError, ValueError):  # no credits, or batch ids of another form: one statement
+        return list(conn.execute(query).all())
+    middle = f"sc.{lo + (hi - lo) / 2:%Y%m%dT%H%M}"
+    url = w.engine.url
+    if not first < middle <= last or url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:"):
+        return list(conn.execute(query).all())  # one batch; or a memory database, one per connection
+
+    def half(lower: bool) -> list[tuple]:
+        with w.engine.connect() as own:
+            return list(own.execute(query.where(batch < middle if lower else batch >= middle)).all())
+
+    with ThreadPoolExecutor(2) as pool:
+        parts = list(pool.map(half, (True, False)))
+    merged: dict = {}
+    for row in (r for part in parts for r in part):
+        if row[0] in merged:  # the NULL group: counts and sums add up, the flag is the smaller
+            old = merged[row[0]]
+            merged[row[0]] = (row[0], old[1] + row[1], old[2] + row[2], min(old[3], row[3]),
+                              *(a + b for a, b in zip(old[4:], row[4:])))
+        else:
+            merged[row[0]] = tuple(row)
+    return list(merged.values())
+
+
 def reconcile_ledger(interval_end: dt.datetime, cutoff: dt.datetime, warehouse: Warehouse | None = None,
                      scope: Scope | None = None):
     """Prove decisions = instructions = postings = outbox for everything decided before
     ``cutoff`` in ``scope`` (default: the run's scope, :class:`Scope.of`; :data:`EVERYTHING` for
     a full reconciliation), and that every entry of the whole ledger balances and every account
     balance equals the sum of its postings; raise
-    :class:`lending.disbursement.ReconciliationError` listing the differences."""
+    :class:`lending.disbursement.ReconciliationError` listing the differences.
+
+    The same proof as :func:`lending.disbursement.reconcile`, with the same differences named,
+    computed by the database: the scope's supplier credits (millions a week) are joined to their
+    instruction items and holds and summed per instruction in one statement (their keys are read
+    only when something differs); loans, instructions with their outbox rows, each instruction's
+    entries and the account balances come back per instruction or per account (aggregates)."""
     from lending.disbursement import (
+        CLEARING,
         CREDIT_PREFIX,
-        ITEM_COLUMNS,
+        LOAN_PREFIX,
+        NOSTRO,
+        Reconciliation,
         ReconciliationError,
-        entry_legs,
-        implied_items,
-        plan_instructions,
-        reconcile,
     )
 
     w = warehouse or Warehouse.from_conn()
     t = w.lending
     scope = Scope.of(w, interval_end) if scope is None else scope
-    _, expected = plan_instructions(*payable(w, interval_end, cutoff, scope))
-    # payments of this scope decided after the cutoff or in later batches (a later run's)
-    far = dt.datetime(9999, 12, 31)
-    planned, everything = plan_instructions(*payable(w, far, far, scope))
-    pi, ii, ob, le = t["payment_instructions"], t["instruction_items"], t["payment_outbox"], t["ledger_entries"]
-    ins_cols = (pi.c.instruction_id, pi.c.idempotency_key, pi.c.amount_fen, pi.c.source_batch)
+    d, rq, c = t["loan_decisions"], t["review_queue"], t["supplier_credits"]
+    pi, ii, ob, le, ph = (t["payment_instructions"], t["instruction_items"], t["payment_outbox"],
+                          t["ledger_entries"], t["payment_holds"])
+    auto_w, rev_w, cred_w = _payable_where(t, scope)  # everything payable in scope, whenever decided
+    auto_b, rev_b, cred_b = _bounds(t, interval_end, cutoff)  # ... and what this run had to pay
 
-    def by_keys(conn, table: sa.Table, cols, column: sa.Column, keys: list[str], empty: list[str]) -> pd.DataFrame:
-        parts = [pd.read_sql(sa.select(*cols).where(column.in_(keys[i:i + 5_000])), conn)
-                 for i in range(0, len(keys), 5_000)]
-        return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=empty)
+    def flag(cond) -> sa.ColumnElement:
+        return sa.case((cond, 1), else_=0)
+
+    def total(expr) -> sa.ColumnElement:
+        return sa.cast(sa.func.coalesce(sa.func.sum(expr), 0), sa.BigInteger)
+
+    loan_key, credit_key = sa.literal(LOAN_PREFIX) + d.c.application_id, sa.literal(CREDIT_PREFIX) + c.c.credit_id
+    lh, ch = ph.alias("lh"), ph.alias("ch")
+    loans_q = [sa.select(loan_key.label("item_key"), amount.label("amount_fen"), flag(sa.and_(*bounds)).label("e"),
+                         flag(lh.c.item_key.is_not(None)).label("held"), pi.c.instruction_no)
+               .select_from(frm.outerjoin(pi, pi.c.idempotency_key == loan_key)
+                            .outerjoin(lh, lh.c.item_key == loan_key)).where(*where)
+               for amount, bounds, frm, where in (
+                   (d.c.amount_fen, auto_b, d, auto_w),
+                   (rq.c.amount_fen, rev_b, d.join(rq, rq.c.application_id == d.c.application_id), rev_w))]
+    # an item (a hold) is there when its NOT NULL amount is: the grouping then sorts short records, not keys
+    e, held, has_item = flag(sa.and_(*cred_b)), ch.c.amount_fen.is_not(None), ii.c.amount_fen.is_not(None)
+    credits_from = c.outerjoin(ii, ii.c.item_key == credit_key).outerjoin(ch, ch.c.item_key == credit_key)
+    per_instruction_q = (  # the scope's credits per instruction that carries them (NULL: none)
+        sa.select(ii.c.instruction_id, sa.func.count(ii.c.amount_fen), total(ii.c.amount_fen), sa.func.min(e),
+                  total(flag(sa.and_(e == 1, sa.or_(~has_item, held, ii.c.amount_fen != c.c.amount_fen)))),
+                  total(e), total(flag(sa.and_(e == 1, held))))
+        .select_from(credits_from).where(*cred_w).group_by(ii.c.instruction_id))
+    ins_cols = (pi.c.instruction_no, pi.c.instruction_id, pi.c.idempotency_key, pi.c.amount_fen, pi.c.source_batch,
+                ob.c.instruction_id.label("ob_id"), ob.c.amount_fen.label("ob_amount"))
+    ins_q = sa.select(*ins_cols).select_from(pi.outerjoin(ob, ob.c.instruction_no == pi.c.instruction_no))
+    if scope.since is not None:  # the scope's instructions by batch (and, below, those of its loans by key)
+        ins_q = ins_q.where(sa.or_(pi.c.source_batch >= f"approve.{scope.since:%Y%m%d}",
+                                   pi.c.source_batch.in_(list(scope.held_batches))))
+    disb = sa.select(le.c.instruction_id, total(le.c.amount_fen)).where(le.c.entry_id.like("disb:%")).group_by(
+        le.c.instruction_id)
+    legs = t["ledger_postings"]
+    unbalanced_q = sa.select(legs.c.entry_id).group_by(legs.c.entry_id).having(
+        sa.func.sum(legs.c.debit_fen) != sa.func.sum(legs.c.credit_fen))
+    sides = sa.union_all(sa.select(le.c.debit_account.label("account"), le.c.amount_fen.label("delta")),
+                         sa.select(le.c.credit_account, -le.c.amount_fen)).subquery()
+    computed_q = sa.select(sides.c.account, total(sides.c.delta)).group_by(sides.c.account)
+    acc = t["ledger_accounts"]
+    orphans_q = sa.select(ob.c.instruction_id).select_from(
+        ob.outerjoin(pi, pi.c.instruction_no == ob.c.instruction_no)).where(pi.c.instruction_no.is_(None))
 
     with w.engine.connect() as conn:
-        held = pd.read_sql(sa.select(t["payment_holds"].c.item_key), conn)
-        credit_keys = [k for k in everything.item_key.tolist() if k.startswith(CREDIT_PREFIX)]
-        stored = by_keys(conn, ii, [ii], ii.c.item_key, credit_keys, ITEM_COLUMNS)
-        ins_q = sa.select(*ins_cols)
-        if scope.since is not None:  # the scope's instructions: by batch, and those carrying its items
-            ins_q = ins_q.where(sa.or_(pi.c.source_batch >= f"approve.{scope.since:%Y%m%d}",
-                                       pi.c.source_batch.in_(list(scope.held_batches))))
-        ins = pd.read_sql(ins_q, conn)
+        loans = pd.DataFrame([tuple(r) for q in loans_q for r in conn.execute(q)],
+                             columns=["item_key", "amount_fen", "e", "held", "instruction_no"])
+        in_scope = [] if scope.since is None else _credit_batch_where(t, scope, None)[-1:]
+        first = conn.execute(sa.select(sa.func.min(c.c.batch_id)).where(*in_scope)).scalar()  # from the index
+        last = conn.execute(sa.select(sa.func.max(c.c.batch_id)).where(*in_scope)).scalar()
+        groups = _per_instruction(w, conn, per_instruction_q, c.c.batch_id, first, last)
+        ins = pd.DataFrame([tuple(r) for r in conn.execute(ins_q)], columns=[col.name for col in ins_cols])
         if scope.since is not None:
             ins = ins[ins.source_batch.str.startswith("approve.")
                       & (ins.source_batch >= f"approve.{scope.since:%Y%m%d}")
                       | ins.source_batch.str.startswith("sc.") & (ins.source_batch >= f"sc.{scope.since:%Y%m%dT%H%M}")
                       | ins.source_batch.isin(scope.held_batches)]
-            # instructions of the scope's payable items in other batches (a review approved later), by key
-            extra = sorted(set(planned.idempotency_key) - set(ins.idempotency_key))
-            ins = pd.concat([ins, by_keys(conn, pi, ins_cols, pi.c.idempotency_key, extra, list(ins.columns))],
-                            ignore_index=True)
-        entries = pd.read_sql(sa.select(le.c.entry_id, le.c.instruction_id, le.c.debit_account, le.c.credit_account,
-                                        le.c.amount_fen, le.c.borrower_type, le.c.borrower_id), conn)
-        outbox = pd.read_sql(sa.select(ob.c.instruction_id, ob.c.amount_fen), conn)
-        bal = pd.read_sql(sa.select(t["ledger_accounts"].c.account, t["ledger_accounts"].c.balance_fen), conn)
-    held, stored, ins, entries, outbox = map(_objects, (held, stored, ins, entries, outbox))
-    # a loan's item is its instruction (not stored): rebuilt from the instruction rows
-    items = pd.concat([stored[ITEM_COLUMNS], implied_items(ins)], ignore_index=True)
-    legs = _objects(entry_legs(entries))
-    ids = set(ins.instruction_id)
-    later = set(everything.item_key) - set(expected.item_key)
-    outside = frozenset(items.instruction_id[items.item_key.isin(later)])
-    rec = reconcile(expected[["item_key", "amount_fen"]], held[held.item_key.isin(expected.item_key)],
-                    items, ins[["instruction_id", "amount_fen"]], legs[legs.instruction_id.isin(ids)
-                                                                       | ~legs.entry_id.str.startswith("disb:")],
-                    outbox[outbox.instruction_id.isin(ids)], bal.set_index("account")["balance_fen"],
-                    out_of_scope=outside, all_legs=legs)
+            # instructions of the scope's payable loans in other batches (a review approved later)
+            extra = sorted(set(loans.instruction_no.dropna().astype(int)) - set(ins.instruction_no))
+            for i in range(0, len(extra), 5_000):
+                ins = pd.concat([ins, pd.DataFrame([tuple(r) for r in conn.execute(sa.select(*ins_cols).select_from(
+                    pi.outerjoin(ob, ob.c.instruction_no == pi.c.instruction_no)).where(
+                    pi.c.instruction_no.in_(extra[i:i + 5_000])))], columns=ins.columns)], ignore_index=True)
+        posted = dict(conn.execute(disb).all())
+        unbalanced = list(conn.execute(unbalanced_q).scalars())
+        computed = {a: v for a, v in conn.execute(computed_q).all() if a not in (CLEARING, NOSTRO)}
+        balances = dict(conn.execute(sa.select(acc.c.account, acc.c.balance_fen)).all())
+        orphans = list(conn.execute(orphans_q).scalars())
+        entries = conn.execute(sa.select(sa.func.count()).select_from(le)).scalar_one()
+        # the instructions carrying a payment decided after the cutoff (a later run's): left out
+        out = {g[0] for g in groups if g[0] is not None and g[3] == 0}
+        later_loans = set(loans.instruction_no[(loans.e == 0) & loans.instruction_no.notna()].astype(int))
+        bad_credits = sum(int(g[4]) for g in groups) + sum(int(g[5]) - int(g[6]) for g in groups if g[0] in out)
+        credit_rows = pd.DataFrame(columns=["item_key", "instruction_id", "e", "held", "same_amount"])
+        if bad_credits:  # the failure path: the keys of the credits that differ
+            credit_rows = pd.DataFrame([tuple(r) for r in conn.execute(
+                sa.select(credit_key, ii.c.instruction_id, e, flag(held), flag(ii.c.amount_fen == c.c.amount_fen))
+                .select_from(credits_from).where(*cred_w, sa.or_(
+                    ~has_item, held, ii.c.amount_fen != c.c.amount_fen,
+                    ii.c.instruction_id.in_(sorted(out)))))], columns=credit_rows.columns)
+    ins = ins[~ins.instruction_no.isin(later_loans) & ~ins.instruction_id.isin(out)]
+    diffs: list[str] = []
+
+    def note(what: str, keys) -> None:
+        keys = sorted(map(str, keys))
+        if keys:
+            diffs.append(f"{what}: {len(keys)} (e.g. {keys[:3]})")
+
+    payable_loans = loans[loans.e == 1]
+    instructed = set(ins.instruction_no)
+    loan_in = payable_loans.instruction_no.isin(instructed)  # its instruction is in scope (the item it implies)
+    cr_in = credit_rows.instruction_id.notna() & ~credit_rows.instruction_id.isin(out)
+    cr_e, cr_held = credit_rows.e == 1, credit_rows.held == 1
+    note("payable items neither instructed nor held",
+         [*payable_loans.item_key[~loan_in & (payable_loans.held == 0)], *credit_rows.item_key[cr_e & ~cr_in & ~cr_held]])
+    note("payable items both instructed and held",
+         [*payable_loans.item_key[loan_in & (payable_loans.held == 1)], *credit_rows.item_key[cr_e & cr_in & cr_held]])
+    loan_ins = ins[ins.idempotency_key.str.startswith(LOAN_PREFIX)]
+    note("instruction items that no decision or allocation pays",
+         set(loan_ins.idempotency_key) - set(payable_loans.item_key))
+    decided = payable_loans.set_index("item_key").amount_fen
+    by_key = loan_ins.set_index("idempotency_key").amount_fen
+    both = decided.index.intersection(by_key.index)
+    note("items whose instructed amount differs from the decision",
+         [*both[decided[both].to_numpy() != by_key[both].to_numpy()],
+          *credit_rows.item_key[cr_e & cr_in & (credit_rows.same_amount == 0)]])
+    amount = dict(zip(ins.instruction_id, ins.amount_fen.astype(int)))
+    items = {g[0]: int(g[2]) for g in groups if g[0] is not None and g[0] not in out}
+    items.update((i, a) for i, a in zip(loan_ins.instruction_id, loan_ins.amount_fen.astype(int)))  # implied
+    note("instructions without items", set(amount) - set(items))
+    note("items of unknown instructions", set(items) - set(amount))
+    note("instructions whose amount ≠ the sum of their items", [i for i in amount if i in items and items[i] != amount[i]])
+    posted = {i: int(v) for i, v in posted.items() if i in amount}
+    note("instructions without postings", set(amount) - set(posted))
+    note("postings of unknown instructions", set(posted) - set(amount))
+    note("instructions whose postings ≠ the amount", [i for i in amount if i in posted and posted[i] != amount[i]])
+    note("unbalanced entries", unbalanced)
+    listed = ins.ob_id.notna() & (ins.ob_id == ins.instruction_id)
+    note("instructions missing from the outbox", ins.instruction_id[~listed])
+    note("outbox rows without an instruction", [*ins.ob_id[ins.ob_id.notna() & ~listed], *orphans])
+    note("outbox amounts ≠ instruction amounts", ins.instruction_id[listed & (ins.ob_amount != ins.amount_fen)])
+    accounts = set(computed) | set(balances)
+    note("account balances ≠ the sum of their postings",
+         [a for a in accounts if int(computed.get(a, 0)) != int(balances.get(a, 0))])
+    rec = Reconciliation(
+        payable_items=int(len(payable_loans)) + sum(int(g[5]) for g in groups),
+        held_items=int(payable_loans.held.sum()) + sum(int(g[6]) for g in groups),
+        instructions=len(amount), postings=2 * int(entries), outbox=int(listed.sum()),
+        amount_fen=sum(amount.values()), differences=tuple(diffs))
     if not rec.reconciled:
         raise ReconciliationError("disbursement does not reconcile: " + "; ".join(rec.differences))
     return rec

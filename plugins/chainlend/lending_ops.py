@@ -20,7 +20,7 @@ import pandas as pd
 import sqlalchemy as sa
 
 from chainlend.disbursement_ops import upsert_limits
-from chainlend.systems import Warehouse
+from chainlend.systems import Warehouse, insert_rows
 from sources.contract import table as contract_table
 
 log = logging.getLogger(__name__)
@@ -83,7 +83,7 @@ def _upsert(conn, table: sa.Table, frame: pd.DataFrame, key: str) -> None:
 
 def approve_batch(business_date: dt.date, warehouse: Warehouse | None = None) -> dict:
     """Decide the batch ``approve.<business_date>`` and upsert decisions and the review queue."""
-    from features.dealer import application_features
+    from features.dealer import APPLICATIONS, DEALER_COLUMNS, DEALERS, application_features
     from features.definitions import feature_names
     from lending.approval import decide, feature_hash
     from lending.policy import APPROVAL_POLICY_V1
@@ -92,20 +92,9 @@ def approve_batch(business_date: dt.date, warehouse: Warehouse | None = None) ->
     w.metadata.create_all(w.engine, checkfirst=True)
     t = w.lending
     batch = f"approve.{business_date:%Y%m%d}"
-    frames = w.read_frames(("dealer.dealers", "dealer.inventory", "dealer.sales", "dealer.floor_audits",
-                            "dealer.loan_applications", "dealer.loan_repayments"))
-    apps = frames["dealer.loan_applications"]
-    with w.engine.connect() as conn:
-        decided = pd.read_sql(sa.select(t["loan_decisions"].c.application_id, t["loan_decisions"].c.decision_batch),
-                              conn)
-    mine = set(decided.loc[decided.decision_batch == batch, "application_id"])
-    # a decision already paid out is final: a re-run does not decide it again
-    mine -= _instructed(w, [f"loan:{a}" for a in mine], "loan:")
-    done_elsewhere = set(decided.application_id) - mine
-    cutoff = pd.Timestamp(business_date + dt.timedelta(days=1))
-    start = pd.Timestamp(business_date - dt.timedelta(days=APPROVAL_LOOKBACK_DAYS))
-    pending = apps[((apps.applied_at >= start) & (apps.applied_at < cutoff) | apps.application_id.isin(mine))
-                   & ~apps.application_id.isin(done_elsewhere)]
+    frames = w.read_frames(DEALER_COLUMNS, columns={**DEALER_COLUMNS, DEALERS: (*DEALER_COLUMNS[DEALERS], "status")})
+    apps = frames[APPLICATIONS]
+    pending = apps[apps.application_id.isin(_pending_ids(w, batch, business_date))]
     pending = pending.sort_values("application_id").reset_index(drop=True)
     if pending.empty:
         return {"batch": batch, "decided": 0}
@@ -127,7 +116,7 @@ def approve_batch(business_date: dt.date, warehouse: Warehouse | None = None) ->
         "borrower_type": "dealer", "borrower_id": dealers.dealer_id.astype(str),
         "limit_fen": dealers.city_tier.map(APPROVAL_POLICY_V1.dealer_limit_fen_by_city_tier).astype("int64"),
         "source": APPROVAL_POLICY_V1.version, "updated_at": _now()}))
-    financed = _financed_vins(w, batch)
+    financed = _financed_vins(w, batch, pending.vin.dropna().astype(str).unique().tolist())
     app_in = pd.DataFrame({
         "application_id": pending.application_id, "dealer_id": pending.dealer_id, "vin": pending.vin,
         "appraised_value_fen": pending.appraised_value_fen.astype("int64"),
@@ -146,7 +135,11 @@ def approve_batch(business_date: dt.date, warehouse: Warehouse | None = None) ->
     out["term_days"] = extra.term_days.astype("int64").to_numpy()
     review = out[out.decision == "review"]
     with w.engine.begin() as conn:
-        _upsert(conn, t["loan_decisions"], out, "application_id")
+        d = t["loan_decisions"]
+        keys = out.application_id.astype(str).tolist()
+        for i in range(0, len(keys), 5_000):  # upsert by application id: delete, insert
+            conn.execute(sa.delete(d).where(d.c.application_id.in_(keys[i:i + 5_000])))
+        insert_rows(conn, d, out)
         q = t["review_queue"]
         queued = set(conn.execute(sa.select(q.c.application_id).where(
             q.c.application_id.in_(review.application_id.tolist()))).scalars()) if len(review) else set()
@@ -158,6 +151,26 @@ def approve_batch(business_date: dt.date, warehouse: Warehouse | None = None) ->
     counts = out.decision.value_counts().to_dict()
     return {"batch": batch, "decided": int(len(out)), "waiting_for_vehicle": waiting, "model_version": str(version),
             **{k: int(v) for k, v in counts.items()}}
+
+
+def _pending_ids(w: Warehouse, batch: str, business_date: dt.date) -> list[str]:
+    """The published applications the batch ``approve.<business date>`` decides (one anti-join in
+    the warehouse): those applied within the look-back up to the business date or decided by this
+    batch before, less those decided by another batch and those whose decision by this batch is
+    already paid out (final: a re-run does not decide it again)."""
+    t = w.lending
+    d, pi = t["loan_decisions"], t["payment_instructions"]
+    apps = w.published(contract_table("dealer", "loan_applications"))
+    cutoff = dt.datetime.combine(business_date + dt.timedelta(days=1), dt.time())
+    start = dt.datetime.combine(business_date - dt.timedelta(days=APPROVAL_LOOKBACK_DAYS), dt.time())
+    mine = sa.select(d.c.application_id).where(d.c.decision_batch == batch)
+    paid = sa.exists().where(pi.c.idempotency_key == sa.literal("loan:") + d.c.application_id)
+    done = sa.exists().where(d.c.application_id == apps.c.application_id, sa.or_(d.c.decision_batch != batch, paid))
+    query = sa.select(apps.c.application_id).where(
+        sa.or_(sa.and_(apps.c.applied_at >= start, apps.c.applied_at < cutoff), apps.c.application_id.in_(mine)),
+        ~done)
+    with w.engine.connect() as conn:
+        return list(conn.execute(query).scalars())
 
 
 def _keep_time(w: Warehouse, table: sa.Table, frame: pd.DataFrame, key: str, same: tuple[str, ...],
@@ -195,28 +208,22 @@ def _dealer_context(w: Warehouse, dealers: pd.DataFrame, batch: str) -> pd.DataF
     not repaid, and pending reviews) and the early-warning limit cut of every dealer."""
     t = w.lending
     d, rq = t["loan_decisions"], t["review_queue"]
+    pub = w.published(contract_table("dealer", "loan_repayments"))
+    # a live decision's exposure: 0 once repaid (a published repayment) or declined in review, the
+    # officer's amount once approved in review, else the decided amount (one aggregate query)
+    exposure = sa.case(
+        (d.c.application_id.in_(sa.select(pub.c.application_id)), 0),
+        (sa.and_(d.c.decision == "review", rq.c.status == "declined"), 0),
+        (sa.and_(d.c.decision == "review", rq.c.status == "approved"), rq.c.amount_fen),
+        else_=d.c.amount_fen)
     with w.engine.connect() as conn:
-        live = pd.read_sql(sa.select(d.c.application_id, d.c.dealer_id, d.c.amount_fen, d.c.decision).where(
-            d.c.decision_batch != batch, d.c.decision.in_(["approved", "reduced", "review"])), conn)
-        reviews = pd.read_sql(sa.select(rq.c.application_id, rq.c.status, rq.c.amount_fen), conn)
+        per_dealer = conn.execute(sa.select(d.c.dealer_id, sa.func.sum(exposure)).select_from(
+            d.outerjoin(rq, rq.c.application_id == d.c.application_id)).where(
+            d.c.decision_batch != batch, d.c.decision.in_(["approved", "reduced", "review"])).group_by(
+            d.c.dealer_id)).all()
         controls = pd.read_sql(sa.select(t["credit_controls"]).where(
             t["credit_controls"].c.borrower_type == "dealer"), conn)
-        repaid_ids = set()
-        pub = w.published(contract_table("dealer", "loan_repayments"))
-        for i in range(0, len(live), 5_000):
-            chunk = live.application_id.iloc[i:i + 5_000].tolist()
-            repaid_ids.update(conn.execute(sa.select(pub.c.application_id).where(
-                pub.c.application_id.in_(chunk))).scalars())
-    rv = reviews.set_index("application_id")
-    amount = live.amount_fen.astype("int64").copy()
-    is_review = live.decision == "review"
-    status = live.application_id.map(rv["status"]) if len(rv) else pd.Series(None, index=live.index)
-    officer_amount = live.application_id.map(rv["amount_fen"]) if len(rv) else pd.Series(None, index=live.index)
-    amount[is_review & (status == "declined")] = 0
-    approved_review = is_review & (status == "approved")
-    amount[approved_review] = officer_amount[approved_review].astype("int64")
-    amount[live.application_id.isin(repaid_ids)] = 0
-    outstanding = amount.groupby(live.dealer_id).sum()
+    outstanding = pd.Series({dealer: int(v) for dealer, v in per_dealer}, dtype="int64")
     ctx = pd.DataFrame({
         "dealer_id": dealers.dealer_id,
         "blocked": dealers.status.eq("blocked").to_numpy(),
@@ -229,11 +236,17 @@ def _dealer_context(w: Warehouse, dealers: pd.DataFrame, batch: str) -> pd.DataF
     return ctx[["dealer_id", "blocked", "frozen", "city_tier", "outstanding_fen", "limit_cut"]]
 
 
-def _financed_vins(w: Warehouse, batch: str) -> set[str]:
+def _financed_vins(w: Warehouse, batch: str, vins: list[str]) -> set[str]:
+    """Those of ``vins`` that a live decision of another batch finances (by the VIN index, 5,000 a
+    statement)."""
     d = w.lending["loan_decisions"]
+    found: set[str] = set()
     with w.engine.connect() as conn:
-        return set(conn.execute(sa.select(d.c.vin).where(
-            d.c.decision_batch != batch, d.c.decision.in_(["approved", "reduced", "review"]))).scalars())
+        for i in range(0, len(vins), 5_000):
+            found.update(conn.execute(sa.select(d.c.vin).where(
+                d.c.vin.in_(vins[i:i + 5_000]), d.c.decision_batch != batch,
+                d.c.decision.in_(["approved", "reduced", "review"]))).scalars())
+    return found
 
 
 def review(application_id: str, *, action: str, by: str, amount_fen: int | None = None,
@@ -272,28 +285,38 @@ def review(application_id: str, *, action: str, by: str, amount_fen: int | None 
 # Flow A: IoT-triggered, BOM-proportional supplier credit
 
 
+# what supplier_pd's features (features.supplier.supplier_features) and the caps read, whole: the
+# features look back over the suppliers' whole history (tenure, last payment, open instalments)
+SUPPLIER_CREDIT_TABLES = ("erp.suppliers", "erp.bom", "erp.sub_bom", "erp.production", "erp.goods_receipts",
+                          "erp.payables", "erp.credit_memos", "erp.supplier_repayments")
+
+
 def allocate_batch(interval_end: dt.datetime, warehouse: Warehouse | None = None) -> dict:
-    """Allocate the micro-batch ``sc.<interval_end>``: published line-off events not yet taken."""
+    """Allocate the micro-batch ``sc.<interval_end>``: published line-off events not yet taken.
+
+    Reads: the batch's claim is one ``INSERT … SELECT`` anti-join in the warehouse (events of the
+    look-back not in ``credit_batch_events``), then only the claimed events; nothing else is read
+    when the batch is empty. The suppliers' features, the BOM and the caps read the published ERP
+    tables of ``SUPPLIER_CREDIT_TABLES`` whole (``_published_frames``; the vehicles' models come
+    from ``erp.production``, which the features read anyway); line-off events, parts, models and
+    supplier links are not read.
+
+    Writes, in one transaction, a batch replacing its own rows: its credits (one per VIN ×
+    supplier; a credit of another batch with the same ``credit_id`` is replaced, as an upsert by
+    key would) by the warehouse's own ``INSERT … SELECT`` of the batch's vehicles × their model's
+    shares (``_store_credits``), the splits its credits name that are not stored yet (``supplier_credit_splits``:
+    the lineage once per model × BOM structure × supplier, see :mod:`lending.cascade`; the view
+    ``supplier_credit_lines`` gives each credit's lines) and its exceptions. ``allocated_at`` of
+    a credit a re-run reproduces with the same amount is kept.
+    """
     from lending.cascade import CASCADE_POLICY_V1, allocate, supplier_limits
 
     w = warehouse or Warehouse.from_conn()
     w.metadata.create_all(w.engine, checkfirst=True)
+    _require_split_layout(w)
     t = w.lending
     batch = f"sc.{interval_end:%Y%m%dT%H%M}"
-    frames = w.read_frames(("erp.suppliers", "erp.supplier_links", "erp.parts", "erp.vehicle_models", "erp.bom",
-                            "erp.sub_bom", "erp.production", "erp.goods_receipts", "erp.payables",
-                            "erp.credit_memos", "erp.supplier_repayments", "erp.line_off_events"))
-    events = frames["erp.line_off_events"]
-    be = t["credit_batch_events"]
-    with w.engine.begin() as conn:  # claim the batch's events (a re-run finds its claim)
-        taken = pd.read_sql(sa.select(be), conn)
-        since = pd.Timestamp(interval_end) - pd.Timedelta(days=SUPPLIER_CREDIT_LOOKBACK_DAYS)
-        new = events[(events.updated_at < pd.Timestamp(interval_end)) & (events.line_off_at >= since)
-                     & ~events.event_id.isin(taken.event_id)].event_id.tolist()
-        if new:
-            conn.execute(be.insert(), [{"event_id": e, "batch_id": batch} for e in new])
-    mine = set(taken.loc[taken.batch_id == batch, "event_id"]) | set(new)
-    line_offs = events[events.event_id.isin(mine)]
+    line_offs = _claim_events(w, batch, interval_end)
     if line_offs.empty:
         return {"batch": batch, "events": 0}
     pi = t["payment_instructions"]
@@ -301,6 +324,7 @@ def allocate_batch(interval_end: dt.datetime, warehouse: Warehouse | None = None
         paid = conn.execute(sa.select(sa.func.count()).select_from(pi).where(pi.c.source_batch == batch)).scalar_one()
     if paid:  # credits already paid out are final: a re-run does not allocate them again
         return {"batch": batch, "events": int(len(line_offs)), "already_disbursed": int(paid)}
+    frames = _published_frames(w, SUPPLIER_CREDIT_TABLES)
     as_of = interval_end.date()
     version, model = champion("supplier_pd")
     sup = frames["erp.suppliers"]
@@ -311,26 +335,284 @@ def allocate_batch(interval_end: dt.datetime, warehouse: Warehouse | None = None
                                    "source": f"{CASCADE_POLICY_V1.version}/supplier_pd v{version}",
                                    "updated_at": _now()}))
     suppliers = _supplier_caps(w, frames, batch, as_of, limits)
-    result = allocate(line_offs[["event_id", "vin", "line_off_at", "iot_verified", "verification_note"]],
-                      frames["erp.production"][["vin", "model_id"]], frames["erp.bom"], frames["erp.sub_bom"],
+    production = frames["erp.production"]
+    production = production.loc[production.vin.isin(line_offs.vin), ["vin", "model_id"]]
+    result = allocate(line_offs, production, frames["erp.bom"], frames["erp.sub_bom"],
                       suppliers, CASCADE_POLICY_V1, batch_id=batch)
-    credits = result.credits.copy()
-    lo = line_offs.set_index("event_id")["line_off_at"]
-    credits["line_off_on"] = pd.to_datetime(credits.event_id.map(lo)).dt.date
-    credits["allocated_at"] = _keep_time(w, t["supplier_credits"], credits, "credit_id", ("amount_fen",),
-                                         "allocated_at")
-    lines = result.lines.assign(batch_id=batch)
+    credits = result.credits
+    event_day = pd.Series([d.date() for d in line_offs.line_off_at], index=line_offs.event_id.to_numpy(),
+                          dtype=object)
     with w.engine.begin() as conn:
-        conn.execute(sa.delete(t["supplier_credit_lines"]).where(t["supplier_credit_lines"].c.batch_id == batch))
-        conn.execute(sa.delete(t["supplier_credits"]).where(t["supplier_credits"].c.batch_id == batch))
+        _store_credits(conn, t, batch, credits, event_day)
+        _store_splits(conn, t["supplier_credit_splits"], result.splits)
         conn.execute(sa.delete(t["line_off_exceptions"]).where(t["line_off_exceptions"].c.batch_id == batch))
-        _upsert(conn, t["supplier_credits"], credits, "credit_id")
-        insert_frame(conn, t["supplier_credit_lines"], lines)
         _upsert(conn, t["line_off_exceptions"], result.exceptions, "event_id")
-    capped = credits[credits.capped_fen > 0]
+    amount = credits.amount_fen.to_numpy(dtype=np.int64)
     return {"batch": batch, "events": int(len(line_offs)), "credits": int(len(credits)),
-            "amount_fen": int(credits.amount_fen.sum()), "exceptions": int(len(result.exceptions)),
-            "suppliers_capped": int(capped.supplier_id.nunique()), "supplier_pd_version": str(version)}
+            "amount_fen": int(amount.sum()), "exceptions": int(len(result.exceptions)),
+            "suppliers_capped": int(credits.supplier_id[credits.capped_fen.to_numpy() > 0].nunique()),
+            "supplier_pd_version": str(version)}
+
+
+def _published_frames(w: Warehouse, names: tuple[str, ...]) -> dict[str, pd.DataFrame]:
+    """Published tables as DataFrames keyed ``"<source>.<table>"``: the contract's columns in key
+    order, timestamps and dates parsed to datetime64, 0/1 booleans as bool (the frames the
+    supplier features were defined on). Read through the warehouse engine's own connections:
+    a second SQLite library in this process (an ADBC driver) closing its connection to the
+    warehouse file would delete the WAL that this task's open connections still write to."""
+    from sources.contract import table as contract_of
+
+    frames = {}
+    with w.engine.connect() as conn:
+        for name in names:
+            contract = contract_of(*name.split(".", 1))
+            table = w.published(contract)
+            df = pd.read_sql(sa.select(*[table.c[c] for c in contract.column_names]).order_by(
+                table.c[contract.key]), conn)
+            for c in contract.columns:
+                if c.type in ("ts", "date"):
+                    df[c.name] = pd.to_datetime(df[c.name])
+                elif c.type == "bool" and df[c.name].notna().all():  # SQLite/MariaDB return 0/1
+                    df[c.name] = df[c.name].astype(bool)
+            frames[name] = df
+    return frames
+
+
+def _require_split_layout(w: Warehouse) -> None:
+    """Fail with the fix when the warehouse still has the per-credit lineage table."""
+    inspector = sa.inspect(w.engine)
+    columns = {c["name"] for c in inspector.get_columns("supplier_credits")}
+    if "split_id" not in columns or "supplier_credit_lines" not in inspector.get_view_names():
+        raise LendingOpsError(
+            "the warehouse has the earlier supplier-credit layout (a supplier_credit_lines table, no "
+            "supplier_credits.split_id): migrate it as chainlend.lending_store's docstring says before "
+            "allocating")
+
+
+def _claim_events(w: Warehouse, batch: str, interval_end: dt.datetime) -> pd.DataFrame:
+    """Claim for ``batch`` the published line-off events written before ``interval_end`` within the
+    look-back that no micro-batch took yet (one ``INSERT … SELECT … WHERE NOT EXISTS``; the
+    event_id key of ``credit_batch_events`` refuses a second claim), and return every event the
+    batch holds (claimed now or by an earlier run of it), ordered by event_id, with the
+    columns of :data:`lending.cascade.LINE_OFF_COLUMNS`."""
+    from lending.cascade import LINE_OFF_COLUMNS
+
+    ev = w.published(contract_table("erp", "line_off_events"))
+    be = w.lending["credit_batch_events"]
+    since = interval_end - dt.timedelta(days=SUPPLIER_CREDIT_LOOKBACK_DAYS)
+    taken = sa.select(be.c.event_id).where(be.c.event_id == ev.c.event_id)
+    claim = sa.select(ev.c.event_id, sa.literal(batch, be.c.batch_id.type)).where(
+        ev.c.updated_at < interval_end, ev.c.line_off_at >= since, ~taken.exists())
+    mine = sa.select(*[ev.c[c] for c in LINE_OFF_COLUMNS]).join(be, be.c.event_id == ev.c.event_id).where(
+        be.c.batch_id == batch).order_by(ev.c.event_id)
+    with w.engine.begin() as conn:
+        conn.execute(be.insert().from_select(["event_id", "batch_id"], claim))
+        rows = conn.execute(mine).all()
+    frame = pd.DataFrame({c: pd.Series([r[i] for r in rows], dtype=object) for i, c in enumerate(LINE_OFF_COLUMNS)})
+    frame["line_off_at"] = pd.to_datetime(frame["line_off_at"])
+    return frame
+
+
+def _store_credits(conn, t: dict[str, sa.Table], batch: str, credits: pd.DataFrame, event_day: pd.Series) -> None:
+    """Replace the batch's credits with ``credits`` (and any other batch's row of one of their
+    credit ids, as an upsert by key would). ``allocated_at``: now, or the stored time of a credit
+    whose amount is unchanged (a re-run writes the same rows).
+
+    A batch's credits are its vehicles × their model's suppliers (``lending.cascade.allocate``
+    broadcasts one share per model and supplier to the model's vehicles), so they are written as
+    the warehouse's own ``INSERT … SELECT`` of three staged tables: the vehicles (one row per
+    event), the shares (one per split, i.e. model × supplier) and the credits that differ from
+    their share (capped, or keeping an earlier ``allocated_at``), in credit_id order. ~1.8 M
+    credits cost ~16,000 staged rows instead of 1.8 M rows bound one by one from Python. Before
+    writing it checks that ``credits`` is such a product, and after, that every credit was
+    written once."""
+    from chainlend.disbursement_ops import _where_in
+
+    c = t["supplier_credits"]
+    now = _now()
+    old = _stored_credits(conn, c, batch, credits.vin.unique().tolist())  # the credits of these vehicles
+    override = credits.capped_fen.to_numpy(dtype=np.int64) > 0
+    kept_at = np.full(len(credits), None, dtype=object)
+    if len(old):
+        pos = pd.Index(old.credit_id).get_indexer(credits.credit_id)
+        found = pos >= 0
+        same = np.zeros(len(credits), dtype=bool)
+        same[found] = old.amount_fen.to_numpy(dtype=np.int64)[pos[found]] == \
+            credits.amount_fen.to_numpy(dtype=np.int64)[found]
+        kept_at[same] = old.allocated_at.to_numpy(dtype=object)[pos[same]]
+        override |= same
+        elsewhere = old.credit_id[(old.batch_id != batch).to_numpy() & old.credit_id.isin(credits.credit_id).to_numpy()]
+        if len(elsewhere):
+            _where_in(conn, c, "credit_id", elsewhere.tolist(), delete=True)
+    conn.execute(sa.delete(c).where(c.c.batch_id == batch))
+    if credits.empty:
+        return
+    vehicles, shares = _credit_product(credits)
+    days = event_day.reindex(vehicles.event_id).to_numpy(dtype=object)
+    changed = credits[override]
+    capped_by = changed.capped_by.to_numpy(dtype=object)
+    staged = {
+        "vehicles": (("event_id", "vin", "model_id", "line_off_on"), {
+            "event_id": vehicles.event_id.tolist(), "vin": vehicles.vin.tolist(),
+            "model_id": vehicles.model_id.tolist(), "line_off_on": days.tolist()}),
+        "shares": (("model_id", "supplier_id", "tier", "share_fen", "split_id"), {
+            "model_id": shares.model_id.tolist(), "supplier_id": shares.supplier_id.tolist(),
+            "tier": shares.tier.tolist(), "share_fen": shares.share_fen.tolist(), "split_id": shares.split_id.tolist()}),
+        "changed": (("credit_id", "amount_fen", "capped_fen", "capped_by", "allocated_at"), {
+            "credit_id": changed.credit_id.tolist(), "amount_fen": changed.amount_fen.to_numpy(dtype=np.int64).tolist(),
+            "capped_fen": changed.capped_fen.to_numpy(dtype=np.int64).tolist(),
+            "capped_by": np.where(pd.isna(capped_by), None, capped_by).tolist(),
+            "allocated_at": kept_at[override].tolist()}),
+    }
+    tables = {}
+    for name, (names, values) in staged.items():
+        tables[name] = _staging_table(conn, f"tmp_sc_{name}", [
+            sa.Column(n, c.c[n].type, primary_key=(name == "changed" and n == "credit_id"),
+                      nullable=(n in ("capped_by", "allocated_at"))) for n in names])
+        _insert_columns(conn, tables[name], values, {})
+    v, sh, ch = tables["vehicles"], tables["shares"], tables["changed"]
+    credit_id = v.c.vin + ":" + sh.c.supplier_id
+    rows = sa.select(
+        credit_id, sa.literal(batch, c.c.batch_id.type), v.c.event_id, v.c.vin, v.c.model_id, sh.c.supplier_id,
+        sh.c.tier, sh.c.share_fen, sa.func.coalesce(ch.c.amount_fen, sh.c.share_fen),
+        sa.func.coalesce(ch.c.capped_fen, 0), ch.c.capped_by,
+        sa.literal(str(credits.policy_version.iloc[0]), c.c.policy_version.type), v.c.line_off_on,
+        sa.func.coalesce(ch.c.allocated_at, sa.literal(now, c.c.allocated_at.type)), sh.c.split_id,
+    ).select_from(v.join(sh, sh.c.model_id == v.c.model_id).outerjoin(ch, ch.c.credit_id == credit_id)
+                  ).order_by(credit_id)
+    conn.execute(c.insert().from_select(
+        ["credit_id", "batch_id", "event_id", "vin", "model_id", "supplier_id", "tier", "share_fen", "amount_fen",
+         "capped_fen", "capped_by", "policy_version", "line_off_on", "allocated_at", "split_id"], rows))
+    for table in tables.values():
+        conn.execute(sa.text(_drop_temporary(conn, table)))
+    written = conn.execute(sa.select(sa.func.count()).select_from(c).where(c.c.batch_id == batch)).scalar_one()
+    if written != len(credits):
+        raise LendingOpsError(f"supplier credits of {batch}: expected {len(credits)} rows written, got {written}")
+
+
+def _credit_product(credits: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``credits`` as (vehicles, shares) whose product (on model_id) is exactly ``credits``: one
+    policy version, one (vin, model) per event, one (tier, share, model, supplier) per split_id,
+    and as many credits as each vehicle's model has splits. Raises LendingOpsError otherwise."""
+    if credits.policy_version.nunique() != 1:
+        raise LendingOpsError(f"supplier credits: expected one policy version, got "
+                              f"{sorted(map(str, credits.policy_version.unique()))}")
+    ev_codes, events = pd.factorize(credits.event_id)
+    first = np.full(len(events), -1, dtype=np.int64)
+    first[ev_codes[::-1]] = np.arange(len(credits) - 1, -1, -1)  # first row of each event
+    vehicles = credits.iloc[first][["event_id", "vin", "model_id"]].reset_index(drop=True)
+    sp_codes, splits = pd.factorize(credits.split_id)
+    first_split = np.full(len(splits), -1, dtype=np.int64)
+    first_split[sp_codes[::-1]] = np.arange(len(credits) - 1, -1, -1)
+    shares = credits.iloc[first_split][["model_id", "supplier_id", "tier", "share_fen", "split_id"]].reset_index(
+        drop=True).astype({"tier": np.int64, "share_fen": np.int64})
+    consistent = (
+        (credits.vin.to_numpy() == vehicles.vin.to_numpy()[ev_codes]).all()
+        and (credits.model_id.to_numpy() == vehicles.model_id.to_numpy()[ev_codes]).all()
+        and all((credits[col].to_numpy() == shares[col].to_numpy()[sp_codes]).all()
+                for col in ("model_id", "supplier_id", "tier", "share_fen"))
+        and not shares.duplicated(["model_id", "supplier_id"]).any()
+        and int(vehicles.model_id.map(shares.groupby("model_id").size()).fillna(0).sum()) == len(credits))
+    if not consistent:
+        raise LendingOpsError("supplier credits: expected every vehicle's credits to be its model's shares "
+                              "(lending.cascade.allocate); got credits that are not such a product")
+    return vehicles, shares
+
+
+def _staging_table(conn, name: str, columns: list[sa.Column]) -> sa.Table:
+    """A new temporary table of this connection (the caller drops it when done; one a failed
+    earlier run left in a pooled MariaDB session, where temporary tables outlive a rollback, is
+    dropped first)."""
+    table = sa.Table(name, sa.MetaData(), *columns, prefixes=["TEMPORARY"])
+    conn.execute(sa.text(_drop_temporary(conn, table, if_exists=True)))
+    table.create(conn)
+    return table
+
+
+def _drop_temporary(conn, table: sa.Table, *, if_exists: bool = False) -> str:
+    """DROP of a temporary table only (never a permanent table of the same name)."""
+    name = conn.dialect.identifier_preparer.format_table(table)
+    guard = " IF EXISTS" if if_exists else ""
+    if conn.dialect.name == "mysql":
+        return f"DROP TEMPORARY TABLE{guard} {name}"
+    if conn.dialect.name == "sqlite":
+        return f"DROP TABLE{guard} temp.{name}"
+    return f"DROP TABLE{guard} pg_temp.{name}"  # PostgreSQL: the session's temporary schema
+
+
+def _stored_credits(conn, c: sa.Table, batch: str, vins: list[str]) -> pd.DataFrame:
+    """credit_id, batch_id, amount_fen, allocated_at of the stored credits of ``vins``: this
+    batch's (its index) and any other batch's credit of one of these vehicles (a credit_id range
+    per vehicle on SQLite, the vin index elsewhere; on a first run none)."""
+    columns = (c.c.credit_id, c.c.batch_id, c.c.amount_fen, c.c.allocated_at)
+    parts = list(conn.execute(sa.select(*columns).where(c.c.batch_id == batch)).all())
+    if conn.dialect.name == "sqlite":  # the key's range of each vehicle (see lending_store)
+        for vin in vins:
+            parts.extend(conn.execute(sa.select(*columns).where(
+                c.c.credit_id >= f"{vin}:", c.c.credit_id < f"{vin};", c.c.batch_id != batch)).all())
+    else:
+        for i in range(0, len(vins), 5_000):
+            parts.extend(conn.execute(sa.select(*columns).where(
+                c.c.vin.in_(vins[i:i + 5_000]), c.c.batch_id != batch)).all())
+    return pd.DataFrame({n: pd.Series([r[i] for r in parts], dtype=object)
+                         for i, n in enumerate(("credit_id", "batch_id", "amount_fen", "allocated_at"))})
+
+
+def _store_splits(conn, table: sa.Table, splits: pd.DataFrame) -> int:
+    """Insert the splits not stored yet (a split is content-addressed: a stored one already holds
+    these rows); a tier-1 line's sub_bom_line_id is stored as ''. Two runs storing one new split
+    at once: the second fails on the key and its retry finds it stored. Returns the rows added."""
+    from chainlend.disbursement_ops import _where_in
+
+    if splits.empty:
+        return 0
+    stored = {r[0] for r in _where_in(conn, table, "split_id", splits.split_id.unique().tolist())}
+    new = splits[~splits.split_id.isin(stored)]
+    if new.empty:
+        return 0
+    sub = new.sub_bom_line_id.to_numpy(dtype=object)
+    _insert_columns(conn, table, {
+        "split_id": new.split_id.tolist(), "bom_line_id": new.bom_line_id.tolist(),
+        "sub_bom_line_id": np.where(pd.isna(sub), "", sub).tolist(), "model_id": new.model_id.tolist(),
+        "structure_hash": new.structure_hash.tolist(), "supplier_id": new.supplier_id.tolist(),
+        "line_value_fen": new.line_value_fen.to_numpy(dtype=np.int64).tolist()}, {})
+    return len(new)
+
+
+def _insert_columns(conn, table: sa.Table, columns: dict[str, list], const: dict[str, object]) -> None:
+    """Insert one row per position of ``columns`` (name → list of plain Python values), each row
+    also getting ``const``, without SQLAlchemy's per-row parameter dicts. PostgreSQL (``COPY``)
+    and MariaDB (DBAPI ``executemany``): :func:`chainlend.disbursement_ops._bulk_insert`. SQLite:
+    the column types' bind processing (dates and times to text) once per distinct value, and the
+    rows streamed to sqlite3's ``executemany`` (no list of millions of tuples)."""
+    from itertools import repeat
+
+    from chainlend.disbursement_ops import _bulk_insert
+
+    if conn.dialect.name != "sqlite":
+        _bulk_insert(conn, table, columns, const)
+        return
+    if not columns or not len(next(iter(columns.values()))):
+        return
+
+    def bound(name: str, values: list) -> list:
+        process = table.c[name].type.dialect_impl(conn.dialect).bind_processor(conn.dialect)
+        if process is None:
+            return values
+        memo: dict = {}
+        return [memo[v] if v in memo else memo.setdefault(v, process(v)) for v in values]
+
+    names = [*columns, *const]
+    q = conn.dialect.identifier_preparer
+    varying = [bound(n, v) for n, v in columns.items()]
+    fixed = [bound(n, [v])[0] for n, v in const.items()]
+    sql = (f"INSERT INTO {q.format_table(table)} ({', '.join(q.quote(n) for n in names)}) "
+           f"VALUES ({', '.join(['?'] * len(names))})")
+    cursor = conn.connection.driver_connection.cursor()
+    try:
+        cursor.executemany(sql, zip(*varying, *map(repeat, fixed)))
+    finally:
+        cursor.close()
 
 
 def _supplier_pd(frames, model, supplier_ids: list[str], as_of: dt.date) -> pd.Series:

@@ -2,9 +2,25 @@
 
 Every table has a business primary key, so a retried or re-run task upserts instead of adding:
 ``loan_decisions`` by application id, ``review_queue`` by application id, ``supplier_credits``
-by ``credit_id`` (VIN + supplier), ``supplier_credit_lines`` by (credit, BOM line, sub-BOM
+by ``credit_id`` (VIN + supplier), ``supplier_credit_splits`` by (split, BOM line, sub-BOM
 line), ``line_off_exceptions`` by event id, ``credit_batch_events`` by event id (which
-micro-batch took the event). ``credit_controls`` holds the early-warning actions per borrower
+micro-batch took the event).
+
+Supplier-credit lineage (see :mod:`lending.cascade`): the BOM and sub-BOM lines behind a credit
+are the same for every vehicle of one model and BOM, so they are stored once per *split*
+(``supplier_credit_splits``: one row per line, keyed by ``split_id`` = model + structure hash +
+supplier, content-addressed, written once, never changed) and each credit names its split
+(``supplier_credits.split_id``). The view ``supplier_credit_lines`` joins them back into the
+columns the table of that name had (one row per credit × line: credit_id, bom_line_id,
+sub_bom_line_id, line_value_fen, batch_id), so its readers are unchanged; at reference scale
+that is ~80,000 split rows instead of ~12 M line rows a day. A warehouse of the earlier layout
+(a ``supplier_credit_lines`` table, no ``split_id`` column) must be migrated by hand
+(``create_all`` does not alter existing tables; allocation refuses to run on it). A development
+copy whose old lineage may go: ``DROP TABLE supplier_credit_lines; ALTER TABLE supplier_credits
+ADD COLUMN split_id VARCHAR(160) NOT NULL DEFAULT ''`` (then ``create_all`` adds the splits table
+and the view; old credits name no split). Keeping the old lineage means building one split per
+distinct (model, supplier, lines) of the old rows and setting each credit's split_id: not
+automated yet. ``credit_controls`` holds the early-warning actions per borrower
 (frozen, limit cut) that approval and disbursement obey.
 
 Disbursement (see :mod:`lending.disbursement`): ``payment_instructions`` (integer key
@@ -33,6 +49,7 @@ import sqlalchemy as sa
 
 MONEY = sa.BigInteger
 ID = sa.String(64)
+SPLIT_ID = sa.String(160)  # model id (64) + ':' + 16 hex + ':' + supplier id (64)
 
 
 def define(metadata: sa.MetaData) -> dict[str, sa.Table]:
@@ -105,19 +122,26 @@ def define(metadata: sa.MetaData) -> dict[str, sa.Table]:
         sa.Column("policy_version", sa.String(64), nullable=False),
         sa.Column("line_off_on", sa.Date, nullable=False),
         sa.Column("allocated_at", sa.DateTime, nullable=False),
+        sa.Column("split_id", SPLIT_ID, nullable=False),  # its lineage: supplier_credit_splits
         sa.Index("ix_supplier_credits_batch", "batch_id"),
         sa.Index("ix_supplier_credits_supplier", "supplier_id"),
     )
-    t["supplier_credit_lines"] = sa.Table(
-        "supplier_credit_lines", metadata,
-        sa.Column("credit_id", sa.String(128), nullable=False),
-        sa.Column("bom_line_id", ID, nullable=False),
-        sa.Column("sub_bom_line_id", ID, nullable=True),
+    # a re-run finds the stored credits of its vehicles: on SQLite by a range of the credit_id key
+    # ('<vin>:' ≤ credit_id < '<vin>;'), elsewhere (collations need not order ':' before ';') by an
+    # index on vin; an index SQLite would update for each of ~1.8 M credits a day
+    sa.event.listen(t["supplier_credits"], "after_create", sa.DDL(
+        "CREATE INDEX ix_supplier_credits_vin ON supplier_credits (vin)").execute_if(dialect=("postgresql", "mysql")))
+    t["supplier_credit_splits"] = sa.Table(
+        "supplier_credit_splits", metadata,
+        sa.Column("split_id", SPLIT_ID, primary_key=True),  # <model>:<structure hash>:<supplier>
+        sa.Column("bom_line_id", ID, primary_key=True),
+        sa.Column("sub_bom_line_id", ID, primary_key=True),  # '' for the tier-1 line itself
+        sa.Column("model_id", ID, nullable=False),
+        sa.Column("structure_hash", sa.String(64), nullable=False),  # sha256 of the model's lineage
+        sa.Column("supplier_id", ID, nullable=False),
         sa.Column("line_value_fen", MONEY, nullable=False),
-        sa.Column("batch_id", ID, nullable=False),
-        sa.Index("ix_supplier_credit_lines_batch", "batch_id"),
-        sa.Index("ix_supplier_credit_lines_credit", "credit_id"),
     )
+    t["supplier_credit_lines"] = _credit_lines_view(t["supplier_credits"], t["supplier_credit_splits"])
     t["line_off_exceptions"] = sa.Table(
         "line_off_exceptions", metadata,
         sa.Column("event_id", ID, primary_key=True),
@@ -236,6 +260,39 @@ def _postings_view(entries: sa.Table) -> sa.Table:
         sa.Column("debit_fen", MONEY),
         sa.Column("credit_fen", MONEY),
         sa.Column("posted_at", sa.DateTime),
+    )
+
+
+# the lineage of each credit with the columns supplier_credit_lines had as a table: the lines of its
+# split (sub_bom_line_id NULL for a tier-1 line, stored as '' so it can be part of the split's key);
+# the same SQL on SQLite, PostgreSQL and MariaDB
+_CREDIT_LINES_VIEW = (
+    "CREATE VIEW supplier_credit_lines AS "
+    "SELECT c.credit_id, s.bom_line_id, NULLIF(s.sub_bom_line_id, '') AS sub_bom_line_id, s.line_value_fen, "
+    "c.batch_id FROM supplier_credits c JOIN supplier_credit_splits s ON s.split_id = c.split_id")
+
+
+def _credit_lines_view(credits: sa.Table, splits: sa.Table) -> sa.Table:
+    """``supplier_credit_lines``, a view on ``credits`` and ``splits``, created once both exist
+    (after whichever of them is created last) and dropped with either; the returned table object
+    (in a metadata of its own, so ``create_all`` leaves it alone) is for reading."""
+
+    def both_exist_and_no_view(ddl, target, bind, **kw) -> bool:
+        inspector = sa.inspect(bind)
+        return (inspector.has_table(credits.name) and inspector.has_table(splits.name)
+                and "supplier_credit_lines" not in inspector.get_view_names())
+
+    for table in (credits, splits):
+        sa.event.listen(table, "after_create", sa.DDL(_CREDIT_LINES_VIEW).execute_if(
+            callable_=both_exist_and_no_view))
+        sa.event.listen(table, "before_drop", sa.DDL("DROP VIEW IF EXISTS supplier_credit_lines"))
+    return sa.Table(
+        "supplier_credit_lines", sa.MetaData(),
+        sa.Column("credit_id", sa.String(128)),
+        sa.Column("bom_line_id", ID),
+        sa.Column("sub_bom_line_id", ID),
+        sa.Column("line_value_fen", MONEY),
+        sa.Column("batch_id", ID),
     )
 
 

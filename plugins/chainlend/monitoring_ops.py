@@ -32,8 +32,8 @@ import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 
-from chainlend.lending_ops import SUPPLIER_CREDIT_TERM_DAYS, LendingOpsError, champion, insert_frame
-from chainlend.systems import Warehouse
+from chainlend.lending_ops import SUPPLIER_CREDIT_TERM_DAYS, LendingOpsError, champion
+from chainlend.systems import Warehouse, insert_rows
 from sources.contract import table as contract_table
 
 log = logging.getLogger(__name__)
@@ -57,13 +57,21 @@ BASELINE_SAMPLE = 50_000
 DEALER_MONITOR_DAYS = 30  # the dealer_pd population: applications of the last 30 days
 
 
+def _read_frames(w: Warehouse) -> dict:
+    """The published dealer and ERP tables monitoring reads (of the dealer tables, the columns the
+    dealer builders and rules use: :data:`features.dealer.DEALER_COLUMNS`)."""
+    from features.dealer import DEALER_COLUMNS
+
+    return w.read_frames(DEALER_FRAMES + ERP_FRAMES, columns={k: DEALER_COLUMNS[k] for k in DEALER_FRAMES})
+
+
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC).replace(tzinfo=None, microsecond=0)
 
 
 def _replace_partition(conn, table: sa.Table, as_of: dt.date, frame: pd.DataFrame) -> None:
     conn.execute(sa.delete(table).where(table.c.as_of == as_of))
-    insert_frame(conn, table, frame)
+    insert_rows(conn, table, frame)
 
 
 # --------------------------------------------------------------------------------------------
@@ -80,10 +88,10 @@ def post_repayments(business_date: dt.date, warehouse: Warehouse | None = None) 
     t = w.lending
     pi, le, acc = t["payment_instructions"], t["ledger_entries"], t["ledger_accounts"]
     as_of = pd.Timestamp(business_date + dt.timedelta(days=1))
-    rep = w.read_frames(("dealer.loan_repayments",))["dealer.loan_repayments"]
-    with w.engine.connect() as conn:
-        ins = pd.read_sql(sa.select(pi.c.instruction_id, pi.c.idempotency_key, pi.c.kind, pi.c.borrower_type,
-                                    pi.c.borrower_id, pi.c.amount_fen, pi.c.source_batch), conn)
+    rep = w.read_frames(("dealer.loan_repayments",), columns={"dealer.loan_repayments": (
+        "application_id", "paid_at", "updated_at")})["dealer.loan_repayments"]
+    ins = w.read_query(sa.select(pi.c.instruction_id, pi.c.idempotency_key, pi.c.kind, pi.c.borrower_type,
+                                 pi.c.borrower_id, pi.c.amount_fen, pi.c.source_batch))
     known = rep[(rep.updated_at < as_of) & (rep.paid_at < as_of)]
     loans = ins[ins.kind == "dealer_loan"].copy()
     loans["application_id"] = loans.idempotency_key.str.removeprefix("loan:")
@@ -193,6 +201,13 @@ def _previous_levels(w: Warehouse, as_of: dt.date) -> pd.DataFrame:
 
 def early_warning(business_date: dt.date, warehouse: Warehouse | None = None) -> dict:
     """Signals, levels, actions and the watchlist for ``business_date``."""
+    from features.dealer import shared_loans
+
+    with shared_loans():  # the loan book of the frames is built once for the rules and features
+        return _early_warning(business_date, warehouse)
+
+
+def _early_warning(business_date: dt.date, warehouse: Warehouse | None) -> dict:
     from features.definitions import feature_names
     from features.post_loan import post_loan_features
     from lending import early_warning as ew
@@ -201,7 +216,7 @@ def early_warning(business_date: dt.date, warehouse: Warehouse | None = None) ->
     w.metadata.create_all(w.engine, checkfirst=True)
     t = w.lending
     as_of = business_date + dt.timedelta(days=1)
-    frames = w.read_frames(DEALER_FRAMES + ERP_FRAMES)
+    frames = _read_frames(w)
     cfg = ew.EW_CONFIG_V1
     loans = _live_loans(frames, as_of)
     version, model = champion("post_loan_behaviour")
@@ -373,8 +388,7 @@ def _current_population(family: str, frames: dict, as_of: dt.date, w: Warehouse)
         recent = apps[(apps.updated_at < day) & (apps.applied_at < day)
                       & (apps.applied_at >= day - pd.Timedelta(days=DEALER_MONITOR_DAYS))]
         feats = application_features(frames, recent.drop_duplicates("application_id"))
-        with w.engine.connect() as conn:
-            past = pd.read_sql(sa.select(t["loan_decisions"].c.application_id, t["loan_decisions"].c.pd), conn)
+        past = w.read_query(sa.select(t["loan_decisions"].c.application_id, t["loan_decisions"].c.pd))
         return feats[names], past.set_index("application_id").pd
     if family == "post_loan_behaviour":
         from features.post_loan import post_loan_features
@@ -382,9 +396,8 @@ def _current_population(family: str, frames: dict, as_of: dt.date, w: Warehouse)
         loans = _live_loans(frames, as_of)
         feats = post_loan_features(frames, pd.DataFrame({"application_id": loans.application_id.to_numpy(),
                                                          "as_of": day}))
-        with w.engine.connect() as conn:
-            bs = t["behaviour_scores"]
-            past = pd.read_sql(sa.select(bs.c.application_id, bs.c.as_of, bs.c.pd), conn)
+        bs = t["behaviour_scores"]
+        past = w.read_query(sa.select(bs.c.application_id, bs.c.as_of, bs.c.pd))
         first = past.sort_values("as_of").groupby("application_id").pd.first()  # the earliest score of a loan
         return feats[names], first
     from features.supplier import supplier_features
@@ -415,14 +428,20 @@ def retrain_thresholds(environ: dict[str, str] | None = None) -> tuple[float, in
 
 def monitor_models(business_date: dt.date, warehouse: Warehouse | None = None) -> dict:
     """PSI of score and features against each champion's training window; matured AUC; retrain."""
+    from features.dealer import shared_loans
+
+    with shared_loans():  # the loan book of the frames is built once for every family
+        return _monitor_models(business_date, warehouse)
+
+
+def _monitor_models(business_date: dt.date, warehouse: Warehouse | None) -> dict:
     from chainlend import model_ops
-    from features.definitions import feature_names
     from models import metrics as m
 
     w = warehouse or Warehouse.from_conn()
     w.metadata.create_all(w.engine, checkfirst=True)
     as_of = business_date + dt.timedelta(days=1)
-    frames = w.read_frames(DEALER_FRAMES + ERP_FRAMES)
+    frames = _read_frames(w)
     labels = _matured_labels(frames, pd.Timestamp(as_of))
     reg = model_ops.registry()
     psi_limit, cooldown = retrain_thresholds()
@@ -440,7 +459,7 @@ def monitor_models(business_date: dt.date, warehouse: Warehouse | None = None) -
         base = base[(d >= pd.Timestamp(window["start"])) & (d <= pd.Timestamp(window["end"]))]
         if len(base) > BASELINE_SAMPLE:
             base = base.sample(BASELINE_SAMPLE, random_state=0)
-        names = feature_names(family)
+        names = json.loads(tags["features"])  # the champion's own columns (an older version may have fewer)
         current, past_scores = _current_population(family, frames, as_of, w)
         Xb = base[names].astype("float64").reset_index(drop=True)
         Xc = current[names].astype("float64").reset_index(drop=True)

@@ -18,6 +18,7 @@ import pandas as pd
 import sqlalchemy as sa
 
 from chainlend.alerts import mask
+from chainlend.bulk import bulk_insert, plain_columns
 from chainlend.ingest import LANDED, batch_id_for, window_end_for
 from chainlend.systems import BATCH_ID, LINEAGE_COLUMNS, SEQ, Warehouse
 from expectations.gate import REASONS, GateInputs, GateOutcome, run_gate
@@ -243,29 +244,33 @@ def gate_schema_drift(warehouse: Warehouse, validator: GxValidator, contract: Ta
 
 
 def _publish(conn, warehouse, contract, batch_id, outcome: GateOutcome, seqs: pd.Series) -> None:
+    """Publish the accepted rows of the batch: one row per key, the latest batch wins.
+
+    A key already published by an earlier batch (a correction, a replay) is replaced; a key that a
+    later batch already published (a re-run of an older date) keeps the later row. Both are found
+    for the batch's own keys only (an indexed lookup per 5,000 keys), so the cost follows the
+    batch, not the published table; the rows go in as plain tuples (:func:`chainlend.bulk.bulk_insert`)."""
     pub = warehouse.published(contract)
     key = pub.c[contract.key]
     conn.execute(sa.delete(pub).where(pub.c[BATCH_ID] == batch_id))
     accepted = outcome.accepted
     if accepted.empty:
         return
-    keys = accepted[contract.key].astype(str).tolist()
-    newer = {k for (k,) in conn.execute(sa.select(key).where(pub.c[BATCH_ID] > batch_id))}
-    # replace the published rows of keys that already exist (corrections, replays): the key set
-    # is read once, so an initial load of a million new keys issues no per-key delete at all
-    existing = set(conn.execute(sa.select(key)).scalars())
-    stale = [{"k": k} for k in keys if k in existing and k not in newer]
-    if stale:
-        conn.execute(sa.delete(pub).where(key == sa.bindparam("k")), stale)
+    keys = accepted[contract.key].astype(str).unique().tolist()
+    newer: set[str] = set()
+    for start in range(0, len(keys), LOOKUP_CHUNK):
+        chunk = keys[start:start + LOOKUP_CHUNK]
+        newer.update(str(k) for k in conn.execute(
+            sa.select(key).where(key.in_(chunk), pub.c[BATCH_ID] > batch_id)).scalars())
+        # the earlier rows of these keys are replaced (the unique key index finds each)
+        conn.execute(sa.delete(pub).where(key.in_(chunk), pub.c[BATCH_ID] < batch_id))
     records = accepted.assign(**{BATCH_ID: batch_id, SEQ: seqs.loc[accepted.index].to_numpy()})
     if newer:
         records = records[~records[contract.key].astype(str).isin(newer)]
     for c in contract.columns:  # ints read back as float when the batch had nulls
         if c.type == "int":
             records[c.name] = pd.to_numeric(records[c.name]).astype("Int64")
-    rows = _records(records, list(contract.column_names) + [BATCH_ID, SEQ])
-    for start in range(0, len(rows), 50_000):
-        conn.execute(pub.insert(), rows[start:start + 50_000])
+    bulk_insert(conn, pub, plain_columns(records, [*contract.column_names, SEQ]), {BATCH_ID: batch_id})
 
 
 def _quarantine(conn, warehouse, contract, batch_id, run_id, outcome: GateOutcome, seqs, now) -> None:

@@ -7,7 +7,7 @@ tests use the real implementation against real databases and only choose the con
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
 
 import sqlalchemy as sa
 
@@ -217,28 +217,141 @@ class Warehouse:
         with self.engine.connect() as conn:
             return pd.read_sql(sa.select(table).order_by(table.c[contract.key]), conn)
 
-    def read_frames(self, names) -> dict:
-        """Published tables as DataFrames keyed ``"<source>.<table>"`` with the contract's columns
-        only; timestamps and dates parsed to datetime64 (the input of :mod:`features`)."""
-        import pandas as pd
+    def read_frames(self, names, *, columns: Mapping[str, Iterable[str]] | None = None,
+                    since: Mapping[str, dt.date] | None = None) -> dict:
+        """Published tables as DataFrames keyed ``"<source>.<table>"``, sorted by the table's key
+        (the input of :mod:`features`).
 
+        Columns are the contract's (in contract order) with these dtypes: ``str`` → pandas' string
+        dtype (NaN for NULL), ``int`` → int64 (float64 with NaN if a value is NULL), ``float`` →
+        float64, ``bool`` → bool (object with None if a value is NULL), ``date`` →
+        datetime64[s], ``ts`` → datetime64[us] (NaT for NULL).
+
+        - ``columns``: per table, the contract columns to read (the others are not read; the
+          default is all of them). Asking for a column the contract does not have raises
+          ``KeyError``.
+        - ``since``: per transactional table, a date: only the rows whose event time (the
+          contract's ``event_time``) is on or after it, or NULL, are read. Point-in-time safe
+          only for a caller whose every feature of an as-of date ``D`` looks at events no older
+          than ``D - w``, passing ``since <= earliest D - w``: a row with an older event is then
+          never used. Reference tables (no event time) raise ``ValueError``.
+
+        A SQLite file database is read through the Arrow-native ADBC driver in a reader process
+        (:mod:`chainlend.arrow_reader`: no Python object per cell, tables in parallel); other
+        databases through the DBAPI cursor (tuples decoded per column).
+        """
         from sources.contract import table as contract_of
 
-        frames = {}
+        columns, since = dict(columns or {}), dict(since or {})
+        unknown = (set(columns) | set(since)) - set(names)
+        if unknown:
+            raise KeyError(f"columns/since name table(s) {sorted(unknown)} that are not read ({list(names)})")
+        jobs = {}
         for name in names:
             source, tname = name.split(".", 1)
             contract = contract_of(source, tname)
-            table = self.published(contract)
-            cols = [table.c[c] for c in contract.column_names]
+            wanted = contract.column_names if name not in columns else tuple(columns[name])
+            for c in wanted:
+                contract.column(c)  # KeyError naming the contract's columns
+            cols = [c for c in contract.column_names if c in wanted]
+            read = cols if contract.key in cols else [contract.key, *cols]
+            start = since.get(name)
+            if start is not None and contract.event_time is None:
+                raise ValueError(f"since= needs a transactional table; {name} is reference data (no event time)")
+            jobs[name] = (contract, read, start, cols)
+
+        if not self._arrow_native():
+            return {name: self._read_published(contract, read, start)[cols]
+                    for name, (contract, read, start, cols) in jobs.items()}
+        from chainlend.arrow_reader import read_sqlite
+
+        queries = [self._sqlite_query(contract, read, start) for contract, read, start, _ in jobs.values()]
+        tables = read_sqlite(str(self.engine.url.database), queries)
+        return {name: _decode(data, contract, read)[cols]
+                for (name, (contract, read, _, cols)), data in zip(jobs.items(), tables, strict=True)}
+
+    def _arrow_native(self) -> bool:
+        """Whether this warehouse is read through the Arrow reader process (a SQLite file)."""
+        url = self.engine.url
+        return url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:")
+
+    def _read_published(self, contract: Table, cols: list[str], since: dt.date | None):
+        """The published rows of ``cols`` (with the key), sorted by key, decoded to the dtypes of
+        :meth:`read_frames`, through the DBAPI cursor."""
+        table = self.published(contract)
+        types = {c.name: c.type for c in contract.columns}
+        query = sa.select(*[table.c[c] for c in cols]).order_by(table.c[contract.key])
+        if since is not None:
+            ev = table.c[contract.event_time]
+            query = query.where(sa.or_(ev >= _since_value(since, types[contract.event_time]), ev.is_(None)))
+        compiled = query.compile(dialect=self.engine.dialect, compile_kwargs={"render_postcompile": True})
+        params = ([compiled.params[k] for k in compiled.positiontup] if self.engine.dialect.positional
+                  else compiled.params)
+        raw = self.engine.raw_connection()
+        try:
+            cur = raw.cursor()
+            cur.execute(str(compiled), params)
+            rows = cur.fetchall()
+            cur.close()
+        finally:
+            raw.close()
+        values = list(zip(*rows, strict=True)) if rows else [() for _ in cols]
+        arrays = {c: _to_arrow(_py_array(v, types[c]), types[c], f"{table.name}.{c}")
+                  for c, v in zip(cols, values, strict=True)}
+        return _frame(arrays, types)
+
+    def _sqlite_query(self, contract: Table, cols: list[str], since: dt.date | None) -> tuple[str, str, str]:
+        """(select, count, sort column) of ``cols`` of a published table for the Arrow reader;
+        ``since``: rows whose event time is on or after it (as stored: ISO text) or NULL."""
+        quote = self.engine.dialect.identifier_preparer.quote
+        table = self.published(contract).name
+        sql = f"SELECT {', '.join(quote(c) for c in cols)} FROM {quote(table)}"
+        if since is not None:
+            event = contract.event_time
+            bound = _since_value(since, contract.column(event).type)
+            literal = bound.strftime("%Y-%m-%d %H:%M:%S.%f") if isinstance(bound, dt.datetime) else bound.isoformat()
+            sql += f" WHERE {quote(event)} >= '{literal}' OR {quote(event)} IS NULL"
+        # the key is unique in a published table: the reader sorts by it (SQLite's ORDER BY would
+        # walk the key index, a random read per row)
+        return sql, f"SELECT COUNT(*) FROM {quote(table)}", contract.key
+
+    def read_query(self, query: sa.Select):
+        """The rows of ``query`` as the DataFrame ``pd.read_sql`` returns (string columns as
+        pandas' string dtype, integers as int64 or float64 with NaN, floats, dates as
+        ``datetime.date`` objects, timestamps as datetime64[us], booleans).
+
+        On a SQLite file database the rows come through the Arrow-native ADBC driver in a reader
+        process (:mod:`chainlend.arrow_reader`; parameters rendered as literals); elsewhere
+        through ``pd.read_sql``. The selected columns must have
+        one of those types (``TypeError`` otherwise)."""
+        import pandas as pd
+
+        if not self._arrow_native():
             with self.engine.connect() as conn:
-                df = pd.read_sql(sa.select(*cols).order_by(table.c[contract.key]), conn)
-            for c in contract.columns:
-                if c.type in ("ts", "date"):
-                    df[c.name] = pd.to_datetime(df[c.name])
-                elif c.type == "bool" and df[c.name].notna().all():  # SQLite/MariaDB return 0/1
-                    df[c.name] = df[c.name].astype(bool)
-            frames[name] = df
-        return frames
+                return pd.read_sql(query, conn)
+        kinds = []
+        for col in query.selected_columns:
+            t = col.type
+            kind = ("bool" if isinstance(t, sa.Boolean) else "int" if isinstance(t, sa.Integer)
+                    else "float" if isinstance(t, sa.Float) else "str" if isinstance(t, sa.String)
+                    else "ts" if isinstance(t, sa.DateTime) else "date" if isinstance(t, sa.Date) else None)
+            if kind is None:
+                raise TypeError(f"read_query reads string, integer, float, boolean, date and timestamp columns; "
+                                f"{col.name} is {t!r}")
+            kinds.append((col.name, kind))
+        from chainlend.arrow_reader import read_sqlite
+
+        sql = str(query.compile(dialect=self.engine.dialect, compile_kwargs={"literal_binds": True}))
+        data, = read_sqlite(str(self.engine.url.database), [(sql, None, None)])
+        if not data.num_rows:  # as pd.read_sql: no rows, no types
+            return pd.DataFrame(columns=[name for name, _ in kinds], dtype=object)
+        arrays = {name: _to_arrow(data.column(i).combine_chunks(), kind, f"query column {name}")
+                  for i, (name, kind) in enumerate(kinds)}
+        frame = _frame(arrays, dict(kinds))
+        for name, kind in kinds:
+            if kind == "date":  # pd.read_sql keeps SQLAlchemy's datetime.date objects
+                frame[name] = pd.Series(arrays[name].to_pylist(), index=frame.index, dtype=object)
+        return frame
 
     def read_table(self, table: sa.Table, *where):
         import pandas as pd
@@ -273,6 +386,121 @@ class Warehouse:
             query = query.where(self.batches.c.source == source)
         with self.engine.connect() as conn:
             return pd.read_sql(query, conn)
+
+
+def _decode(data, contract: Table, cols: list[str]):
+    """An Arrow table of published ``cols`` (SQLite's storage types) as the frame of read_frames."""
+    import pyarrow as pa
+
+    types = {c.name: c.type for c in contract.columns}
+    arrays = {c: _to_arrow(data.column(c).combine_chunks() if data.num_rows else pa.nulls(0), types[c],
+                           f"published {contract.source}.{contract.name}.{c}") for c in cols}
+    return _frame(arrays, types)
+
+
+def insert_rows(conn: sa.Connection, table: sa.Table, frame) -> None:
+    """Insert ``frame``'s rows into ``table`` (NaN/NaT as NULL) with one DBAPI ``executemany``.
+
+    Stores what ``conn.execute(table.insert(), records)`` stores: each column's values go through
+    the bind conversion of its SQLAlchemy type for this dialect (dates and timestamps as SQLite
+    text, …), applied column by column instead of by SQLAlchemy per row and parameter, which is
+    most of the time of inserting 100,000s of rows. ``frame``'s columns must be columns of
+    ``table``; a column it lacks may not have a default (none would be applied).
+    """
+    if frame.empty:
+        return
+    cols = [str(c) for c in frame.columns]
+    unknown = [c for c in cols if c not in table.c]
+    if unknown:
+        raise KeyError(f"{table.name} has no column(s) {unknown}")
+    defaulted = [c.name for c in table.c if c.name not in cols and (c.default is not None or c.server_default is not None)]
+    if defaulted:
+        raise ValueError(f"insert_rows does not apply defaults; the frame lacks {table.name}.{defaulted}")
+    dialect = conn.dialect
+    columns = []
+    for c in cols:
+        values = frame[c].astype(object).where(frame[c].notna(), None).tolist()
+        convert = table.c[c].type.dialect_impl(dialect).bind_processor(dialect)
+        columns.append([convert(v) for v in values] if convert is not None else values)
+    compiled = table.insert().compile(dialect=dialect, column_keys=cols)
+    if dialect.positional:
+        at = {c: i for i, c in enumerate(cols)}
+        order = [at[name] for name in compiled.positiontup]
+        columns = [columns[i] for i in order]
+        params = list(zip(*columns, strict=True))
+    else:
+        params = [dict(zip(cols, row, strict=True)) for row in zip(*columns, strict=True)]
+    conn.exec_driver_sql(str(compiled), params)
+
+
+def _since_value(since: dt.date, kind: str) -> dt.date:
+    """``since`` as the bound of an event-time column: midnight for a timestamp column."""
+    if kind == "ts":
+        return since if isinstance(since, dt.datetime) else dt.datetime.combine(since, dt.time())
+    return since.date() if isinstance(since, dt.datetime) else since
+
+
+def _py_array(values, kind: str):
+    """A column of a DBAPI result (Python objects) as an Arrow array."""
+    import pyarrow as pa
+
+    if kind == "str":
+        return pa.array(values, type=pa.large_string())
+    return pa.array(values)  # the driver's own types (int, bool, date, datetime, ISO text), inferred
+
+
+def _to_arrow(arr, kind: str, what: str):
+    """An Arrow array of a contract column in its canonical Arrow type (large string, int64,
+    float64, bool, date32, timestamp[us]); text dates and timestamps (SQLite) are parsed as ISO
+    8601. A column of another type raises (no silent coercion)."""
+    import pyarrow as pa
+
+    t = arr.type
+    if arr.null_count == len(arr):
+        return pa.nulls(len(arr), _arrow_type(kind))
+    ok = {
+        "str": pa.types.is_string(t) or pa.types.is_large_string(t),
+        "int": pa.types.is_integer(t),
+        "float": pa.types.is_floating(t) or pa.types.is_integer(t) or pa.types.is_decimal(t),
+        "bool": pa.types.is_boolean(t) or pa.types.is_integer(t),
+        "date": pa.types.is_date(t) or pa.types.is_string(t) or pa.types.is_large_string(t),
+        "ts": pa.types.is_timestamp(t) or pa.types.is_string(t) or pa.types.is_large_string(t),
+    }[kind]
+    if not ok:
+        raise TypeError(f"{what}: a contract {kind!r} column read as Arrow {t}")
+    if kind == "bool" and pa.types.is_integer(t):
+        import pyarrow.compute as pc
+
+        return pc.not_equal(arr, 0)
+    return arr.cast(_arrow_type(kind))
+
+
+def _arrow_type(kind: str):
+    """The canonical Arrow type of a contract column type."""
+    import pyarrow as pa
+
+    return {"str": pa.large_string(), "int": pa.int64(), "float": pa.float64(), "bool": pa.bool_(),
+            "date": pa.date32(), "ts": pa.timestamp("us")}[kind]
+
+
+def _frame(arrays: dict, types: dict):
+    """Canonical Arrow columns as the DataFrame of :meth:`Warehouse.read_frames`."""
+    import numpy as np
+    import pandas as pd
+    import pyarrow as pa
+
+    out = {}
+    for name, arr in arrays.items():
+        kind, nulls = types[name], arr.null_count > 0
+        if kind == "str":
+            out[name] = pd.array(arr, dtype=pd.StringDtype(na_value=np.nan))
+        elif kind == "bool" and nulls:
+            out[name] = np.array(arr.to_pylist(), dtype=object)
+        elif kind == "date":
+            out[name] = arr.cast(pa.timestamp("s")).to_numpy(zero_copy_only=False)
+        else:  # int (float64 with NaN where NULL), float, bool, ts
+            out[name] = arr.to_numpy(zero_copy_only=False)
+    return pd.DataFrame(out, columns=list(arrays))
 
 
 def _referenced(contract: Table) -> tuple[str, ...]:

@@ -59,7 +59,8 @@ def seed(w: Warehouse, *, dealers: int = 5, loans_per_dealer: int = 4, suppliers
                 "credit_id": f"LSVCAR{k:011d}:{sup}", "batch_id": batch, "event_id": f"E{k}", "vin": f"LSVCAR{k:011d}",
                 "model_id": "M1", "supplier_id": sup, "tier": 1, "share_fen": credit_fen,
                 "amount_fen": 0 if k == credits_per_supplier else credit_fen + k, "capped_fen": 0, "capped_by": None,
-                "policy_version": "test", "line_off_on": DAY, "allocated_at": DECIDED})
+                "policy_version": "test", "line_off_on": DAY, "allocated_at": DECIDED,
+                "split_id": f"M1:test:{sup}"})
     with w.engine.begin() as conn:
         conn.execute(t["loan_decisions"].insert(), decisions)
         if credits:

@@ -2,8 +2,10 @@
 a zombie attempt, two runs at once on PostgreSQL, a payment rail that times out after accepting,
 freezes and limits at posting time; the ledger's guarantees in the database (immutable entries,
 the entry CHECKs, one instruction per loan, one per credit, one entry per id) on SQLite,
-PostgreSQL and MariaDB; repayments and the report on the same ledger. Real databases and a real
-HTTP rail."""
+PostgreSQL and MariaDB; repayments and the report on the same ledger; the reconciliation the
+database computes fails naming each kind of corruption of the stored books, on the three
+databases; a re-run reads only what has no instruction; the rail's batch API pays once per key.
+Real databases and a real HTTP rail."""
 
 from __future__ import annotations
 
@@ -336,3 +338,138 @@ def test_repayments_post_entries_once_and_the_report_reads_the_ledger(tmp_path, 
         expected["instructions"], 2 * entries, 1 + supplier_instructions)
     assert report["balanced"] and report["reconciled"] and report["differences"] == []
     assert report["outbox"] == {"accepted": expected["instructions"]} and report["amount_fen"] == expected["amount_fen"]
+
+
+def _first(w, sql: str):
+    with w.engine.connect() as conn:
+        return conn.execute(sa.text(sql)).first()
+
+
+def _corrupt_view(w) -> list[str]:
+    """``ledger_postings`` redefined so the credit leg of the first entry is 1 fen more."""
+    from chainlend.lending_store import _POSTINGS_VIEW
+
+    bad = _POSTINGS_VIEW.replace("0 AS debit_fen, amount_fen AS credit_fen",
+                                 "0 AS debit_fen, CASE WHEN entry_no = 1 THEN amount_fen + 1 ELSE amount_fen END "
+                                 "AS credit_fen")
+    assert bad != _POSTINGS_VIEW
+    return ["DROP VIEW ledger_postings", bad]
+
+
+# (id, SQL that corrupts the books (a callable of the warehouse: statements), the differences named)
+CORRUPTIONS = [
+    ("missing loan instruction",
+     lambda w: ["DELETE FROM payment_instructions WHERE idempotency_key = 'loan:LA000010001'"],
+     {"payable items neither instructed nor held", "outbox rows without an instruction"}),
+    ("missing instruction item",
+     lambda w: [f"DELETE FROM instruction_items WHERE item_key = '{_first(w, 'SELECT min(item_key) FROM instruction_items')[0]}'"],
+     {"payable items neither instructed nor held", "instructions whose amount ≠ the sum of their items"}),
+    ("item amount changed",
+     lambda w: [f"UPDATE instruction_items SET amount_fen = amount_fen + 1 WHERE item_key = "
+                f"'{_first(w, 'SELECT min(item_key) FROM instruction_items')[0]}'"],
+     {"items whose instructed amount differs from the decision", "instructions whose amount ≠ the sum of their items"}),
+    ("instructed and held",
+     lambda w: ["INSERT INTO payment_holds (item_key, borrower_type, borrower_id, amount_fen, reason, source_batch, "
+                "run_id, checked_at) SELECT min(item_key), 'supplier', 'S00000', 1, 'frozen', 'x', 'x', "
+                "'2026-03-02 00:00:00' FROM instruction_items"],
+     {"payable items both instructed and held"}),
+    ("decision declined after paying",
+     lambda w: ["UPDATE loan_decisions SET decision = 'declined' WHERE application_id = 'LA000010001'"],
+     {"instruction items that no decision or allocation pays"}),
+    ("instruction amount changed",
+     lambda w: ["UPDATE payment_instructions SET amount_fen = amount_fen + 1 WHERE kind = 'supplier_credit' AND "
+                f"instruction_no = {_first(w, 'SELECT min(instruction_no) FROM payment_instructions WHERE kind = ' + chr(39) + 'supplier_credit' + chr(39))[0]}"],
+     {"instructions whose amount ≠ the sum of their items", "instructions whose postings ≠ the amount",
+      "outbox amounts ≠ instruction amounts"}),
+    ("extra posting",
+     lambda w: ["INSERT INTO ledger_entries (entry_id, instruction_id, debit_account, credit_account, amount_fen, "
+                "borrower_type, borrower_id, posted_at) SELECT 'disb:extra', instruction_id, debit_account, "
+                "credit_account, 5, borrower_type, borrower_id, posted_at FROM ledger_entries WHERE entry_id = "
+                "'disb:loan:LA000010001'"],
+     {"instructions whose postings ≠ the amount", "account balances ≠ the sum of their postings"}),
+    ("unbalanced entry", _corrupt_view, {"unbalanced entries"}),
+    ("wrong balance",
+     lambda w: ["UPDATE ledger_accounts SET balance_fen = balance_fen + 1 WHERE account = 'loans_receivable:D00001'"],
+     {"account balances ≠ the sum of their postings"}),
+    ("missing outbox row",
+     lambda w: ["DELETE FROM payment_outbox WHERE idempotency_key = 'loan:LA000010001'"],
+     {"instructions missing from the outbox"}),
+    ("outbox amount changed",
+     lambda w: ["UPDATE payment_outbox SET amount_fen = amount_fen + 1 WHERE idempotency_key = 'loan:LA000010001'"],
+     {"outbox amounts ≠ instruction amounts"}),
+]
+
+
+@pytest.mark.parametrize("dialect", DIALECTS)
+@pytest.mark.parametrize(("corrupt", "expected"), [pytest.param(*c[1:], id=c[0]) for c in CORRUPTIONS])
+def test_reconcile_names_each_difference_in_the_database(dialect, corrupt, expected, tmp_path, request):
+    """The reconciliation the database computes (joins and aggregates over the scope) fails on
+    each kind of corruption of the stored books and names it, with an example key."""
+    from chainlend.disbursement_ops import reconcile_ledger
+    from lending.disbursement import ReconciliationError
+
+    w = S.warehouse(_url(dialect, tmp_path, request))
+    S.seed(w, dealers=3, loans_per_dealer=3, suppliers=2, credits_per_supplier=4)
+    S.control(w, "dealer", "D00002", frozen=True)  # held items are part of the proof
+    posted = _post(w)
+    cutoff = dt.datetime.fromisoformat(posted["cutoff"])
+    rec = reconcile_ledger(S.INTERVAL_END, cutoff, w)
+    assert rec.reconciled and rec.held_items == 3 and rec.instructions == 6 + 4
+    statements = corrupt(w)
+    with w.engine.begin() as conn:
+        for sql in statements:
+            conn.execute(sa.text(sql))
+    with pytest.raises(ReconciliationError) as info:
+        reconcile_ledger(S.INTERVAL_END, cutoff, w)
+    named = {d.split(":")[0] for d in str(info.value).removeprefix("disbursement does not reconcile: ").split("; ")}
+    assert named == expected, str(info.value)
+    assert "(e.g. [" in str(info.value)
+
+
+def test_the_rail_pays_a_batch_once_per_key_in_one_transaction(rail):
+    """A batch request: each payment by its own idempotency key (a key again in the same batch or
+    a later one replays the stored payment, a key reused with another amount is refused, a bad
+    payment is refused alone), the new ones stored together."""
+    from chainlend.disbursement_ops import PaymentRail
+
+    client = PaymentRail(rail.url, timeout_s=5)
+
+    def pay(key: str, amount: int, **kw) -> dict:
+        return {"idempotency_key": key, "instruction_id": f"pi_{key}", "payee_type": "dealer", "payee_id": "D1",
+                "amount_fen": amount, **kw}
+
+    first = client.pay_batch([pay("loan:A", 100), pay("loan:B", 200), pay("loan:A", 100), pay("loan:C", 0),
+                              pay("loan:B", 201), {**pay("x", 5), "idempotency_key": 7}])
+    assert [r["code"] for r in first] == [201, 201, 200, 400, 409, 400]
+    assert first[2]["payment_id"] == first[0]["payment_id"] and first[2]["replayed"]
+    assert first[4]["stored"]["amount_fen"] == 200
+    assert rail.totals() == {"count": 2, "amount_fen": 300}
+    again = client.pay_batch([pay("loan:B", 200), pay("loan:A", 100), pay("loan:D", 400)])
+    assert [r["code"] for r in again] == [200, 200, 201]
+    assert [r["payment_id"] for r in again[:2]] == [first[1]["payment_id"], first[0]["payment_id"]]
+    assert rail.lookup("loan:D")["amount_fen"] == 400 and rail.totals() == {"count": 3, "amount_fen": 700}
+
+
+def test_a_rerun_reads_only_what_has_no_instruction_and_a_late_credit_is_named_not_paid(tmp_path):
+    """The second run finds every instruction of the scope by its key in the database (nothing
+    re-planned); a credit allocated later into a micro-batch whose instruction was already paid is
+    not paid by a second instruction of the same key: reconciliation names it."""
+    from chainlend.disbursement_ops import reconcile_ledger
+    from lending.disbursement import ReconciliationError
+
+    w = S.warehouse(f"sqlite:///{tmp_path / 'w.db'}")
+    expected = S.seed(w)
+    first = _post(w)
+    assert (first["instructions"], first["already_instructed"]) == (expected["instructions"], 0)
+    second = _post(w, holder="again")
+    assert (second["instructions"], second["items"], second["already_instructed"], second["planned"]) == (
+        0, 0, expected["instructions"], expected["instructions"])
+    c = w.lending["supplier_credits"]
+    with w.engine.begin() as conn:
+        row = dict(conn.execute(sa.select(c).where(c.c.amount_fen > 0).order_by(c.c.credit_id)).mappings().first())
+        conn.execute(c.insert(), {**row, "credit_id": "LATE:" + row["supplier_id"], "vin": "LATE"})
+    third = _post(w, holder="late")
+    assert third["instructions"] == 0 and S.counts(w)["payment_instructions"] == expected["instructions"]
+    with pytest.raises(ReconciliationError, match=r"payable items neither instructed nor held: 1 \(e\.g\. "
+                                                  r"\['credit:LATE:S0000\d'\]\)"):
+        reconcile_ledger(S.INTERVAL_END, dt.datetime.fromisoformat(third["cutoff"]), w)

@@ -159,6 +159,43 @@ def test_supplier_features_on_hand_built_rows():
     assert t2.loc[pd.Timestamp("2025-01-09"), "overdue_instalments_now"] == 0
 
 
+def test_supplier_default_features_on_hand_built_rows():
+    """Already stopped paying? T1 pays PY1 a day early and PY2 five days late; T2 never pays its
+    instalment of PY1 (all due 2025-02-05)."""
+    frames = supplier_frames([("PY1", "T1", "2025-02-05", "2025-02-04"), ("PY2", "T1", "2025-02-05", "2025-02-10")])
+    days = [dt.date(2025, 1, 9), dt.date(2025, 2, 6), dt.date(2025, 2, 11), dt.date(2025, 4, 10), dt.date(2025, 6, 1)]
+    f = features.supplier_features(frames, ["T1", "T2"], days)
+    t1, t2 = f.loc["T1"], f.loc["T2"]
+    cols = ["oldest_overdue_dpd", "unpaid_streak_dpd", "unpaid_due_30d", "missed_due_30d", "missed_due_60d",
+            "missed_due_90d", "due_since_last_payment"]
+    # nothing due yet: counts and days 0, ratios undefined
+    assert (t1.iloc[0][cols] == 0).all() and (t2.iloc[0][cols] == 0).all()
+    assert np.isnan(t1.iloc[0]["repaid_due_ratio_30d"]) and np.isnan(t2.iloc[0]["repaid_due_ratio_90d"])
+    # Feb 6: PY2 is one day past due and due after T1's last payment (Feb 4)
+    feb6 = t1.loc[pd.Timestamp("2025-02-06")]
+    assert feb6[cols].tolist() == [1, 1, 1, 1, 1, 1, 1] and feb6["repaid_due_ratio_30d"] == 0.5
+    # Feb 11: PY2 paid late (known from Feb 11): nothing unpaid, one instalment missed its due date
+    feb11 = t1.loc[pd.Timestamp("2025-02-11")]
+    assert feb11[cols].tolist() == [0, 0, 0, 1, 1, 1, 0] and feb11["repaid_due_ratio_30d"] == 1.0
+    # Apr 10 (64 days after due): only the 90-day windows still see PY2's late payment
+    apr10 = t1.loc[pd.Timestamp("2025-04-10")]
+    assert apr10[cols].tolist() == [0, 0, 0, 0, 0, 1, 0] and np.isnan(apr10["repaid_due_ratio_30d"])
+    # T2 never paid: its instalment stays overdue, its days past due grow
+    assert t2["oldest_overdue_dpd"].tolist() == [0, 1, 6, 64, 116]
+    assert t2["unpaid_streak_dpd"].tolist() == [0, 1, 6, 64, 116]
+    assert t2["due_since_last_payment"].tolist() == [0, 1, 1, 1, 1]
+    assert t2["repaid_due_ratio_90d"].iloc[1:4].tolist() == [0.0, 0.0, 0.0]
+
+
+def test_a_lost_repayment_row_counts_as_overdue_but_not_as_a_payment_streak():
+    """T1 paid PY2 on time but its PY1 row is missing (quarantined): PY1 stays overdue for good,
+    while the later payment shows that T1 has not stopped paying."""
+    frames = supplier_frames([("PY2", "T1", "2025-02-05", "2025-02-05")])
+    f = features.supplier_features(frames, ["T1"], [dt.date(2025, 3, 1)]).loc["T1"].iloc[0]
+    assert f["overdue_instalments_now"] == 1 and f["oldest_overdue_dpd"] == 24
+    assert f["unpaid_streak_dpd"] == 0 and f["due_since_last_payment"] == 0
+
+
 @pytest.mark.parametrize(("t2_paid", "expected_label"), [
     (None, 1),  # never paid: bad on 2025-02-05 + 60 days
     ("2025-04-05", 0),  # paid on day 59: not bad
@@ -171,15 +208,15 @@ def test_supplier_label_is_60_days_unpaid_within_the_horizon(t2_paid, expected_l
     # T2 has a single instalment here: materiality's minimum count is lowered to 1 for it
     ds = features.supplier_pd_dataset(supplier_frames(reps), dt.date(2025, 6, 1), snapshot_every_days=30,
                                       horizon_days=90, bad_min_count=1)
-    # snapshots from 2025-02-05 (30 days after the first receipt) every 30 days; only the 90-day
-    # horizon of 02-05 has elapsed by June 1, the later ones are kept only if bad in them (T2 is
-    # bad on 04-06 itself)
-    snaps = pd.to_datetime(["2025-02-05", "2025-03-07", "2025-04-06"])
+    # snapshots from 2025-01-06 (the first receipt) every 30 days; only the 90-day horizons of
+    # 01-06 and 02-05 have elapsed by June 1, the later ones are kept only if bad in them (T2 is
+    # bad on 04-06 itself, which is the end of the 01-06 horizon: outside it)
+    snaps = pd.to_datetime(["2025-01-06", "2025-02-05", "2025-03-07", "2025-04-06"])
     t2 = ds[ds["supplier_id"] == "T2"].set_index("obs_date")["label"]
-    assert t2.index.tolist() == (snaps.tolist() if expected_label else snaps[:1].tolist())
-    assert (t2 == expected_label).all()
-    assert ds.loc[ds["supplier_id"] == "T1", "obs_date"].tolist() == snaps[:1].tolist()
-    assert ds.loc[ds["supplier_id"] == "T1", "label"].tolist() == [0]
+    assert t2.index.tolist() == (snaps.tolist() if expected_label else snaps[:2].tolist())
+    assert t2.tolist() == ([0, 1, 1, 1] if expected_label else [0, 0])
+    assert ds.loc[ds["supplier_id"] == "T1", "obs_date"].tolist() == snaps[:2].tolist()
+    assert ds.loc[ds["supplier_id"] == "T1", "label"].tolist() == [0, 0]
     # once bad, later snapshots are left out; open rows (horizon not elapsed, not bad) too
     later = features.supplier_pd_dataset(supplier_frames(reps), dt.date(2025, 6, 10), snapshot_every_days=30,
                                          horizon_days=90, bad_min_count=1)

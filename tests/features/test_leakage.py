@@ -94,6 +94,11 @@ def test_supplier_features_ignore_the_future(frames, perturbed):
     expected = supplier_features(frames, ids, dates)
     got = supplier_features(perturbed, ids, dates)
     assert expected["overdue_instalments_now"].sum() > 0 and expected["late_instalment_share_180d"].notna().any()
+    # the "already stopped paying" features are exercised too
+    for name in ("oldest_overdue_dpd", "unpaid_streak_dpd", "unpaid_due_30d", "missed_due_90d",
+                 "due_since_last_payment"):
+        assert expected[name].sum() > 0, name
+    assert (expected["repaid_due_ratio_30d"] < 1).any()
     pd.testing.assert_frame_equal(got, expected)
 
 

@@ -17,11 +17,13 @@ from lending.cascade import (
     CascadePolicy,
     allocate,
     bom_lineage,
+    credit_lines,
     financeable_value,
     largest_remainder,
     load_cascade_policy,
     policy_hash,
     split_vehicle_value,
+    structure_hash,
     supplier_limits,
 )
 
@@ -228,6 +230,7 @@ def test_financeable_value_uses_the_decimal_rate():
 
 def test_allocate_one_vehicle_credits_and_lineage():
     out = run(events(("E1", "V1", 0, True, None)))
+    digest = structure_hash(bom_lineage(model_bom(), SUB_BOM))
     # 0.7 × 3001 = 2100; S1 1399.53 / S2 700.47 -> 1400 / 700; S1's 1400 -> 1190 / T1 140 / T2 70
     assert out.credits.to_dict("list") == {
         "credit_id": ["V1:S1", "V1:S2", "V1:T1", "V1:T2"],
@@ -242,6 +245,17 @@ def test_allocate_one_vehicle_credits_and_lineage():
         "capped_fen": [0, 0, 0, 0],
         "capped_by": [None] * 4,
         "policy_version": ["cascade-v1"] * 4,
+        "split_id": [f"M1:{digest[:16]}:{s}" for s in ("S1", "S2", "T1", "T2")],
+    }
+    # the lineage is stored once per (model, structure, supplier) split and named by each credit
+    assert out.splits.to_dict("list") == {
+        "split_id": [f"M1:{digest[:16]}:{s}" for s in ("S1", "S1", "S2", "T1", "T2")],
+        "model_id": ["M1"] * 5,
+        "structure_hash": [digest] * 5,
+        "supplier_id": ["S1", "S1", "S2", "T1", "T2"],
+        "bom_line_id": ["M1-L1", "M1-L2", "M1-L3", "M1-L1", "M1-L2"],
+        "sub_bom_line_id": [None, None, None, "X1", "X2"],
+        "line_value_fen": [1000, 1000, 1001, 200, 100],
     }
     assert out.lines.to_dict("list") == {
         "credit_id": ["V1:S1", "V1:S1", "V1:S2", "V1:T1", "V1:T2"],
@@ -250,6 +264,33 @@ def test_allocate_one_vehicle_credits_and_lineage():
         "line_value_fen": [1000, 1000, 1001, 200, 100],
     }
     assert out.exceptions.empty and list(out.exceptions.columns) == list(EXCEPTION_COLUMNS)
+
+
+def test_structure_hash_follows_the_lines_not_their_order():
+    lineage = bom_lineage(model_bom(), SUB_BOM)
+    digest = structure_hash(lineage)
+    assert len(digest) == 64 and structure_hash(lineage.sample(frac=1, random_state=1)) == digest
+    # a new price behind one line (a tier-2 component here) is a new structure, so a new split
+    dearer = SUB_BOM.assign(unit_price_fen=[101, 50, 5])
+    assert structure_hash(bom_lineage(model_bom(), dearer)) != digest
+    # a sub-BOM line under a part the model does not use changes nothing
+    assert structure_hash(bom_lineage(model_bom(), SUB_BOM.assign(unit_price_fen=[100, 50, 6]))) == digest
+
+
+def test_a_changed_bom_gives_new_splits_and_the_old_credits_keep_theirs():
+    before = run(events(("E1", "V1", 0, True, None)))
+    dearer = BOM.assign(unit_price_fen=BOM["unit_price_fen"].where(BOM["bom_line_id"] != "M1-L3", 1002))
+    after = allocate(events(("E2", "V2", 0, True, None)), PRODUCTION, dearer, SUB_BOM, suppliers(),
+                     CASCADE_POLICY_V1, batch_id="B2")
+    assert not set(before.splits["split_id"]) & set(after.splits["split_id"])
+    assert before.lines.query("credit_id == 'V1:S2'")["line_value_fen"].tolist() == [1001]
+    assert after.lines.query("credit_id == 'V2:S2'")["line_value_fen"].tolist() == [1002]
+
+
+def test_credit_lines_refuses_a_credit_without_its_split():
+    out = run(events(("E1", "V1", 0, True, None)))
+    with pytest.raises(CascadeError, match="expected a split for every credit"):
+        credit_lines(out.credits, out.splits[out.splits["supplier_id"] != "T2"])
 
 
 def test_exceptions_per_reason_create_nothing():

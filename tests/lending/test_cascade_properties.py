@@ -11,10 +11,14 @@ from hypothesis import strategies as st
 
 from lending.cascade import (
     CASCADE_POLICY_V1,
+    LINE_COLUMNS,
     CascadePolicy,
     allocate,
+    bom_lineage,
+    credit_lines,
     financeable_value,
     split_vehicle_value,
+    structure_hash,
 )
 
 T0 = pd.Timestamp("2025-03-01")
@@ -147,6 +151,43 @@ def test_allocation_invariants(args):
 
     # lineage covers every credit and only credits
     assert set(out.lines["credit_id"]) == set(credits["credit_id"])
+
+
+def per_credit_lineage(credits: pd.DataFrame, bom: pd.DataFrame, sub: pd.DataFrame) -> pd.DataFrame:
+    """The lineage as it was stored before splits: for each credit, the lines of its supplier in
+    ``bom_lineage`` of its vehicle's model, computed credit by credit."""
+    rows = []
+    for credit in credits.itertuples():
+        lineage = bom_lineage(bom[bom["model_id"] == credit.model_id], sub)
+        for line in lineage[lineage["supplier_id"] == credit.supplier_id].itertuples():
+            rows.append((credit.credit_id, line.bom_line_id, line.sub_bom_line_id, line.line_value_fen))
+    frame = pd.DataFrame(rows, columns=list(LINE_COLUMNS)).astype({"line_value_fen": np.int64})
+    frame["sub_bom_line_id"] = pd.Series([None if pd.isna(v) else v for v in frame["sub_bom_line_id"]],
+                                         dtype=object)
+    return frame
+
+
+@SETTINGS
+@given(batch())
+def test_split_lineage_reproduces_the_per_credit_lineage_exactly(args):
+    _, _, bom, sub, _, _ = args
+    out = run(args)
+    credits = out.credits
+    expected = per_credit_lineage(credits, bom, sub)
+    got = credit_lines(credits, out.splits)
+    assert got.astype({"credit_id": object, "bom_line_id": object}).to_dict("list") == \
+        expected.astype({"credit_id": object, "bom_line_id": object}).to_dict("list")
+    pd.testing.assert_frame_equal(out.lines, got)
+    # every split is one (model, structure, supplier): its id carries the model's structure hash
+    for split_id, lines in out.splits.groupby("split_id"):
+        model, digest, supplier = split_id.split(":")
+        assert lines["model_id"].eq(model).all() and lines["supplier_id"].eq(supplier).all()
+        assert lines["structure_hash"].eq(structure_hash(bom_lineage(bom[bom["model_id"] == model], sub))).all()
+        assert digest == lines["structure_hash"].iloc[0][:16]
+    # each credit names the split of its own model and supplier, and only splits of credits are kept
+    assert (credits["split_id"] == credits["model_id"].astype(str) + ":" + credits["split_id"].str.split(":").str[1]
+            + ":" + credits["supplier_id"].astype(str)).all()
+    assert set(out.splits["split_id"]) == set(credits["split_id"])
 
 
 @SETTINGS
