@@ -338,18 +338,30 @@ def _pending_credits(conn, t: dict[str, sa.Table], scope: Scope, interval_end: d
     return (pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0]), n_done
 
 
+def _fetch(conn, stmt) -> list[tuple]:
+    """The rows of ``stmt`` as the driver's tuples when no column converts anything (text,
+    integers), without a SQLAlchemy row each; else SQLAlchemy's rows as tuples."""
+    res = conn.execute(stmt)
+    if all(c.type.result_processor(conn.dialect, None) is None for c in stmt.selected_columns):
+        rows = res.cursor.fetchall()
+        res.close()
+        return rows
+    return [tuple(r) for r in res.all()]
+
+
+def _frame_of(rows: list[tuple], names: list[str], text: set[str]) -> pd.DataFrame:
+    """``rows`` as a frame: the ``text`` columns as numpy objects (see :func:`_objects`), the others numeric."""
+    columns = list(zip(*rows)) if rows else [()] * len(names)
+    return pd.DataFrame({n: pd.Series(v, dtype=object) if n in text else pd.to_numeric(pd.Series(v, dtype=object))
+                         for n, v in zip(names, columns)})
+
+
 def _read(conn, stmt) -> pd.DataFrame:
     """The rows of ``stmt`` as a frame: text columns as numpy objects (see :func:`_objects`), integer
     columns numeric; without ``pandas.read_sql``'s inference of every value. Columns whose type
     converts nothing (text, integers) come as the driver's tuples, without a SQLAlchemy row each."""
-    res = conn.execute(stmt)
-    names = list(res.keys())
-    plain = all(c.type.result_processor(conn.dialect, None) is None for c in stmt.selected_columns)
-    if plain:
-        rows = res.cursor.fetchall()
-        res.close()
-    else:
-        rows = res.all()
+    names = list(stmt.selected_columns.keys())
+    rows = _fetch(conn, stmt)
     columns = list(zip(*rows)) if rows else [()] * len(names)
     return pd.DataFrame({n: pd.to_numeric(pd.Series(v, dtype=object)) if isinstance(c.type, sa.Integer)
                          else pd.Series(v, dtype=object)
@@ -820,13 +832,14 @@ def reconcile_ledger(interval_end: dt.datetime, cutoff: dt.datetime, warehouse: 
         ob.outerjoin(pi, pi.c.instruction_no == ob.c.instruction_no)).where(pi.c.instruction_no.is_(None))
 
     with w.engine.connect() as conn:
-        loans = pd.DataFrame([tuple(r) for q in loans_q for r in conn.execute(q)],
-                             columns=["item_key", "amount_fen", "e", "held", "instruction_no"])
+        loans = _frame_of([r for q in loans_q for r in _fetch(conn, q)],
+                          ["item_key", "amount_fen", "e", "held", "instruction_no"], text={"item_key"})
         in_scope = [] if scope.since is None else _credit_batch_where(t, scope, None)[-1:]
         first = conn.execute(sa.select(sa.func.min(c.c.batch_id)).where(*in_scope)).scalar()  # from the index
         last = conn.execute(sa.select(sa.func.max(c.c.batch_id)).where(*in_scope)).scalar()
         groups = _per_instruction(w, conn, per_instruction_q, c.c.batch_id, first, last)
-        ins = pd.DataFrame([tuple(r) for r in conn.execute(ins_q)], columns=[col.name for col in ins_cols])
+        ins = _frame_of(_fetch(conn, ins_q), [col.name for col in ins_cols],
+                        text={"instruction_id", "idempotency_key", "source_batch", "ob_id"})
         if scope.since is not None:
             ins = ins[ins.source_batch.str.startswith("approve.")
                       & (ins.source_batch >= f"approve.{scope.since:%Y%m%d}")
@@ -838,7 +851,7 @@ def reconcile_ledger(interval_end: dt.datetime, cutoff: dt.datetime, warehouse: 
                 ins = pd.concat([ins, pd.DataFrame([tuple(r) for r in conn.execute(sa.select(*ins_cols).select_from(
                     pi.outerjoin(ob, ob.c.instruction_no == pi.c.instruction_no)).where(
                     pi.c.instruction_no.in_(extra[i:i + 5_000])))], columns=ins.columns)], ignore_index=True)
-        posted = dict(conn.execute(disb).all())
+        posted = dict(_fetch(conn, disb))
         unbalanced = list(conn.execute(unbalanced_q).scalars())
         computed = {a: v for a, v in conn.execute(computed_q).all() if a not in (CLEARING, NOSTRO)}
         balances = dict(conn.execute(sa.select(acc.c.account, acc.c.balance_fen)).all())

@@ -422,7 +422,8 @@ def _store_credits(conn, t: dict[str, sa.Table], batch: str, credits: pd.DataFra
     broadcasts one share per model and supplier to the model's vehicles), so they are written as
     the warehouse's own ``INSERT … SELECT`` of three staged tables: the vehicles (one row per
     event), the shares (one per split, i.e. model × supplier) and the credits that differ from
-    their share (capped, or keeping an earlier ``allocated_at``), in credit_id order. ~1.8 M
+    their share (capped, or keeping an earlier ``allocated_at``), in vehicle then supplier order
+    (credit_id order when the VINs have one length; the order only places rows, it decides nothing). ~1.8 M
     credits cost ~16,000 staged rows instead of 1.8 M rows bound one by one from Python. Before
     writing it checks that ``credits`` is such a product, and after, that every credit was
     written once."""
@@ -451,12 +452,16 @@ def _store_credits(conn, t: dict[str, sa.Table], batch: str, credits: pd.DataFra
     days = event_day.reindex(vehicles.event_id).to_numpy(dtype=object)
     changed = credits[override]
     capped_by = changed.capped_by.to_numpy(dtype=object)
+    # positions that give the rows in credit_id order (for VINs of one length) without a sort: the
+    # vehicles in order of their first credit, each model's shares in supplier order
+    shares = shares.sort_values(["model_id", "supplier_id"], kind="mergesort", ignore_index=True)
+    share_pos = shares.groupby("model_id", sort=False).cumcount().to_numpy(dtype=np.int64)
     staged = {
-        "vehicles": (("event_id", "vin", "model_id", "line_off_on"), {
-            "event_id": vehicles.event_id.tolist(), "vin": vehicles.vin.tolist(),
+        "vehicles": (("pos", "event_id", "vin", "model_id", "line_off_on"), {
+            "pos": list(range(len(vehicles))), "event_id": vehicles.event_id.tolist(), "vin": vehicles.vin.tolist(),
             "model_id": vehicles.model_id.tolist(), "line_off_on": days.tolist()}),
-        "shares": (("model_id", "supplier_id", "tier", "share_fen", "split_id"), {
-            "model_id": shares.model_id.tolist(), "supplier_id": shares.supplier_id.tolist(),
+        "shares": (("model_id", "pos", "supplier_id", "tier", "share_fen", "split_id"), {
+            "model_id": shares.model_id.tolist(), "pos": share_pos.tolist(), "supplier_id": shares.supplier_id.tolist(),
             "tier": shares.tier.tolist(), "share_fen": shares.share_fen.tolist(), "split_id": shares.split_id.tolist()}),
         "changed": (("credit_id", "amount_fen", "capped_fen", "capped_by", "allocated_at"), {
             "credit_id": changed.credit_id.tolist(), "amount_fen": changed.amount_fen.to_numpy(dtype=np.int64).tolist(),
@@ -465,10 +470,11 @@ def _store_credits(conn, t: dict[str, sa.Table], batch: str, credits: pd.DataFra
             "allocated_at": kept_at[override].tolist()}),
     }
     tables = {}
+    keys = {"vehicles": ("pos",), "shares": ("model_id", "pos"), "changed": ("credit_id",)}
     for name, (names, values) in staged.items():
         tables[name] = _staging_table(conn, f"tmp_sc_{name}", [
-            sa.Column(n, c.c[n].type, primary_key=(name == "changed" and n == "credit_id"),
-                      nullable=(n in ("capped_by", "allocated_at"))) for n in names])
+            sa.Column(n, sa.Integer if n == "pos" else c.c[n].type, primary_key=n in keys[name],
+                      autoincrement=False, nullable=(n in ("capped_by", "allocated_at"))) for n in names])
         _insert_columns(conn, tables[name], values, {})
     v, sh, ch = tables["vehicles"], tables["shares"], tables["changed"]
     credit_id = v.c.vin + ":" + sh.c.supplier_id
@@ -479,7 +485,7 @@ def _store_credits(conn, t: dict[str, sa.Table], batch: str, credits: pd.DataFra
         sa.literal(str(credits.policy_version.iloc[0]), c.c.policy_version.type), v.c.line_off_on,
         sa.func.coalesce(ch.c.allocated_at, sa.literal(now, c.c.allocated_at.type)), sh.c.split_id,
     ).select_from(v.join(sh, sh.c.model_id == v.c.model_id).outerjoin(ch, ch.c.credit_id == credit_id)
-                  ).order_by(credit_id)
+                  ).order_by(v.c.pos, sh.c.pos)  # SQLite: the scan order of the keys, no sort
     conn.execute(c.insert().from_select(
         ["credit_id", "batch_id", "event_id", "vin", "model_id", "supplier_id", "tier", "share_fen", "amount_fen",
          "capped_fen", "capped_by", "policy_version", "line_off_on", "allocated_at", "split_id"], rows))

@@ -399,7 +399,8 @@ def _decode(data, contract: Table, cols: list[str]):
 
 
 def insert_rows(conn: sa.Connection, table: sa.Table, frame) -> None:
-    """Insert ``frame``'s rows into ``table`` (NaN/NaT as NULL) with one DBAPI ``executemany``.
+    """Insert ``frame``'s rows into ``table`` (NaN/NaT as NULL) with one DBAPI ``executemany``
+    (PostgreSQL: ``COPY``), through :func:`chainlend.bulk.bulk_insert`.
 
     Stores what ``conn.execute(table.insert(), records)`` stores: each column's values go through
     the bind conversion of its SQLAlchemy type for this dialect (dates and timestamps as SQLite
@@ -416,21 +417,9 @@ def insert_rows(conn: sa.Connection, table: sa.Table, frame) -> None:
     defaulted = [c.name for c in table.c if c.name not in cols and (c.default is not None or c.server_default is not None)]
     if defaulted:
         raise ValueError(f"insert_rows does not apply defaults; the frame lacks {table.name}.{defaulted}")
-    dialect = conn.dialect
-    columns = []
-    for c in cols:
-        values = frame[c].astype(object).where(frame[c].notna(), None).tolist()
-        convert = table.c[c].type.dialect_impl(dialect).bind_processor(dialect)
-        columns.append([convert(v) for v in values] if convert is not None else values)
-    compiled = table.insert().compile(dialect=dialect, column_keys=cols)
-    if dialect.positional:
-        at = {c: i for i, c in enumerate(cols)}
-        order = [at[name] for name in compiled.positiontup]
-        columns = [columns[i] for i in order]
-        params = list(zip(*columns, strict=True))
-    else:
-        params = [dict(zip(cols, row, strict=True)) for row in zip(*columns, strict=True)]
-    conn.exec_driver_sql(str(compiled), params)
+    from chainlend.bulk import bulk_insert, plain_columns
+
+    bulk_insert(conn, table, plain_columns(frame, cols), {})
 
 
 def _since_value(since: dt.date, kind: str) -> dt.date:
