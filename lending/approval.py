@@ -299,6 +299,7 @@ def decide(apps: pd.DataFrame, scores: pd.DataFrame, dealers: pd.DataFrame, poli
     }
     floor_amount = max(policy.min_amount_fen, 1)
     texts = _Texts(policy)
+    rendered_codes: dict[tuple[tuple[str, ...], int], tuple[str, str, str]] = {}
     financed: set = set()
     dealer_ids = apps["dealer_id"].tolist()
     vins = apps["vin"].tolist()
@@ -336,10 +337,13 @@ def decide(apps: pd.DataFrame, scores: pd.DataFrame, dealers: pd.DataFrame, poli
                 if offered:
                     remaining[dealer_ids[i]] = left - offered
                     financed.add(vins[i])
-        codes = [] if result == APPROVED else list(dict.fromkeys(rules + model_codes[i]))[:MAX_REASONS]
+        codes = () if result == APPROVED else tuple(dict.fromkeys(rules + model_codes[i]))[:MAX_REASONS]
         decision[i], amount[i] = result, offered
-        codes_out[i] = json.dumps(codes)
-        text_en[i], text_zh[i] = texts.join(codes, band_idx[i])
+        rendered = rendered_codes.get((codes, band_idx[i]))
+        if rendered is None:  # few distinct (codes, band) pairs: each JSON and text made once
+            rendered = rendered_codes[codes, band_idx[i]] = (json.dumps(list(codes)),
+                                                             *texts.join(list(codes), band_idx[i]))
+        codes_out[i], text_en[i], text_zh[i] = rendered
         # EL = PD x LGD x EAD, half up: pd in millionths x lgd in basis points -> divide by 1e10
         el[i] = (int(pd_micro[i]) * policy.lgd_bp * offered * 2 + PD_SCALE * RATE_SCALE) // (
             2 * PD_SCALE * RATE_SCALE)

@@ -14,11 +14,14 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import os
+import platform
 
 import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 
+from chainlend import settings
 from chainlend.disbursement_ops import upsert_limits
 from chainlend.systems import Warehouse, insert_rows
 from sources.contract import table as contract_table
@@ -47,9 +50,12 @@ def _now() -> dt.datetime:
 
 
 def champion(family: str):
-    """``(version, pyfunc model)`` of the family's champion; fails loudly when there is none."""
-    import mlflow.pyfunc
+    """``(version, pyfunc model)`` of the family's champion; fails loudly when there is none.
 
+    The alias is resolved on every call; a registered version is immutable, so its loaded model
+    is kept for the life of the process (keyed by registry, family, version and the version's
+    logged-model source): a second task or family run in the same process does not load it again.
+    """
     from chainlend import model_ops
 
     reg = model_ops.registry()
@@ -57,7 +63,67 @@ def champion(family: str):
     if version is None:
         raise LendingOpsError(f"no champion for {family}: train_risk_models has not promoted one; "
                               "credit decisions wait for a champion model")
-    return version, mlflow.pyfunc.load_model(f"models:/{family}/{version}")
+    mv = reg.client.get_model_version(family, str(version))
+    key = (settings.mlflow_tracking_uri(), family, str(version), str(mv.source), str(mv.run_id))
+    model = _CHAMPIONS.get(key)
+    if model is None:
+        model = _CHAMPIONS[key] = _load_pyfunc(f"models:/{family}/{version}")
+    return version, model
+
+
+_CHAMPIONS: dict[tuple[str, ...], object] = {}
+
+
+def _load_pyfunc(uri: str):
+    """``mlflow.pyfunc.load_model(uri)`` with its environment check done here: MLflow's own check
+    maps every installed distribution to its modules (~1.6 s a process) to compare the model's
+    ``requirements.txt``; the model pins ``name==version`` lines (:func:`models.serving.pinned_requirements`),
+    compared here with the installed versions directly. A mismatch is logged as a warning, as MLflow does."""
+    import mlflow.artifacts
+    import mlflow.pyfunc
+
+    local = mlflow.artifacts.download_artifacts(artifact_uri=uri)
+    mismatches = _requirement_mismatches(os.path.join(local, "requirements.txt"))
+    if mismatches:
+        log.warning("model %s: its dependencies differ from this Python environment:\n - %s", uri,
+                    "\n - ".join(mismatches))
+    model = mlflow.pyfunc.load_model(local, suppress_warnings=True)
+    logged = (model.metadata.flavors.get("python_function") or {}).get("python_version")
+    here = platform.python_version()
+    if logged and logged.split(".")[:2] != here.split(".")[:2]:
+        log.warning("model %s was logged with Python %s; this is Python %s", uri, logged, here)
+    return model
+
+
+def _requirement_mismatches(path: str) -> list[str]:
+    """The lines of a pip requirements file the installed distributions do not satisfy."""
+    import importlib.metadata
+
+    from packaging.requirements import InvalidRequirement, Requirement
+
+    if not os.path.exists(path):
+        return []
+    out = []
+    with open(path, encoding="utf-8") as fh:
+        for line in fh:
+            line = line.split("#", 1)[0].strip()
+            if not line or line.startswith("-"):
+                continue
+            try:
+                req = Requirement(line)
+            except InvalidRequirement:
+                out.append(f"{line} (not a requirement this check reads)")
+                continue
+            if req.marker is not None and not req.marker.evaluate():
+                continue
+            try:
+                installed = importlib.metadata.version(req.name)
+            except importlib.metadata.PackageNotFoundError:
+                out.append(f"{line} (not installed)")
+                continue
+            if req.specifier and not req.specifier.contains(installed, prereleases=True):
+                out.append(f"{line} (installed: {installed})")
+    return out
 
 
 def insert_frame(conn, table: sa.Table, frame: pd.DataFrame) -> None:
@@ -655,9 +721,13 @@ def _supplier_caps(w: Warehouse, frames, batch: str, as_of: dt.date, limits: pd.
     dilution = (memos.groupby("supplier_id").amount_fen.sum() / pay_sum).reindex(pay_sum.index).fillna(0.0)
     c = w.lending["supplier_credits"]
     since = as_of - dt.timedelta(days=SUPPLIER_CREDIT_TERM_DAYS)
+    # grouped by an expression of supplier_id (NOT NULL: the same groups), so SQLite scans the table
+    # in order and sorts ~1.8 M small rows a day instead of visiting them in supplier order through
+    # ix_supplier_credits_supplier, one random page read each (several times slower, cold or warm)
+    supplier = sa.func.coalesce(c.c.supplier_id, sa.literal_column("''")).label("supplier_id")
     with w.engine.connect() as conn:
-        exp = pd.read_sql(sa.select(c.c.supplier_id, sa.func.sum(c.c.amount_fen).label("exposure")).where(
-            c.c.batch_id != batch, c.c.line_off_on >= since).group_by(c.c.supplier_id), conn)
+        exp = pd.read_sql(sa.select(supplier, sa.func.sum(c.c.amount_fen).label("exposure")).where(
+            c.c.batch_id != batch, c.c.line_off_on >= since).group_by(supplier), conn)
     exposure = exp.set_index("supplier_id")["exposure"] if len(exp) else pd.Series(dtype="int64")
     sup["limit_fen"] = sup.supplier_id.map(limits).astype("int64")
     sup["exposure_fen"] = sup.supplier_id.map(exposure).fillna(0).astype("int64")

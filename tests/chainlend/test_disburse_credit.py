@@ -473,3 +473,15 @@ def test_a_rerun_reads_only_what_has_no_instruction_and_a_late_credit_is_named_n
     with pytest.raises(ReconciliationError, match=r"payable items neither instructed nor held: 1 \(e\.g\. "
                                                   r"\['credit:LATE:S0000\d'\]\)"):
         reconcile_ledger(S.INTERVAL_END, dt.datetime.fromisoformat(third["cutoff"]), w)
+
+
+@pytest.mark.parametrize("values", [(1, 2, 3), (1, None), (None,), (1, 1.5), (2.0, 3.0), (2**70, 1), ("7", "8"),
+                                    (True, 1), (), (-(2**63), 2**63 - 1)], ids=repr)
+def test_numeric_columns_read_as_pandas_to_numeric_reads_them(values):
+    """The reader's fast path for integer columns gives what ``pandas.to_numeric`` gives (dtype and
+    values): a float or a NULL among them is kept, not truncated into int64."""
+    from chainlend.disbursement_ops import _numeric
+
+    got, want = _numeric(values), pd.to_numeric(pd.Series(values, dtype=object))
+    assert got.dtype == want.dtype
+    pd.testing.assert_series_equal(got, want)
