@@ -788,8 +788,6 @@ def reconcile_ledger(interval_end: dt.datetime, cutoff: dt.datetime, warehouse: 
     instruction items and holds and summed per instruction in one statement (their keys are read
     only when something differs); loans, instructions with their outbox rows, each instruction's
     entries and the account balances come back per instruction or per account (aggregates)."""
-    from concurrent.futures import ThreadPoolExecutor
-
     from lending.disbursement import (
         CLEARING,
         CREDIT_PREFIX,
@@ -849,24 +847,7 @@ def reconcile_ledger(interval_end: dt.datetime, cutoff: dt.datetime, warehouse: 
     orphans_q = sa.select(ob.c.instruction_id).select_from(
         ob.outerjoin(pi, pi.c.instruction_no == ob.c.instruction_no)).where(pi.c.instruction_no.is_(None))
 
-    def whole_ledger(conn) -> tuple:  # independent of the scope: read beside it (see below)
-        return (dict(_fetch(conn, disb)), list(conn.execute(unbalanced_q).scalars()),
-                {a: v for a, v in conn.execute(computed_q).all() if a not in (CLEARING, NOSTRO)},
-                dict(conn.execute(sa.select(acc.c.account, acc.c.balance_fen)).all()),
-                list(conn.execute(orphans_q).scalars()),
-                conn.execute(sa.select(sa.func.count()).select_from(le)).scalar_one())
-
-    def own_connection(read):
-        with w.engine.connect() as own:
-            return read(own)
-
-    # the whole-ledger aggregates run on a connection of their own while this one reads the scope
-    # and Python compares it (the database scans while the GIL is ours); every statement reads
-    # the committed state of its own start, on one connection or several alike
-    url = w.engine.url
-    apart = not (url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:"))
-    with ThreadPoolExecutor(1) as pool, w.engine.connect() as conn:
-        ledger = pool.submit(own_connection, whole_ledger) if apart else None
+    with w.engine.connect() as conn:
         loans = _frame_of([r for q in loans_q for r in _fetch(conn, q)],
                           ["item_key", "amount_fen", "e", "held", "instruction_no"], text={"item_key"})
         in_scope = [] if scope.since is None else _credit_batch_where(t, scope, None)[-1:]
@@ -886,8 +867,12 @@ def reconcile_ledger(interval_end: dt.datetime, cutoff: dt.datetime, warehouse: 
                 ins = pd.concat([ins, pd.DataFrame([tuple(r) for r in conn.execute(sa.select(*ins_cols).select_from(
                     pi.outerjoin(ob, ob.c.instruction_no == pi.c.instruction_no)).where(
                     pi.c.instruction_no.in_(extra[i:i + 5_000])))], columns=ins.columns)], ignore_index=True)
-        posted, unbalanced, computed, balances, orphans, entries = (
-            ledger.result() if ledger is not None else whole_ledger(conn))
+        posted = dict(_fetch(conn, disb))
+        unbalanced = list(conn.execute(unbalanced_q).scalars())
+        computed = {a: v for a, v in conn.execute(computed_q).all() if a not in (CLEARING, NOSTRO)}
+        balances = dict(conn.execute(sa.select(acc.c.account, acc.c.balance_fen)).all())
+        orphans = list(conn.execute(orphans_q).scalars())
+        entries = conn.execute(sa.select(sa.func.count()).select_from(le)).scalar_one()
         # the instructions carrying a payment decided after the cutoff (a later run's): left out
         out = {g[0] for g in groups if g[0] is not None and g[3] == 0}
         later_loans = set(loans.instruction_no[(loans.e == 0) & loans.instruction_no.notna()].astype(int))

@@ -151,6 +151,7 @@ def approve_batch(business_date: dt.date, warehouse: Warehouse | None = None) ->
     """Decide the batch ``approve.<business_date>`` and upsert decisions and the review queue."""
     from features.dealer import APPLICATIONS, DEALER_COLUMNS, DEALERS, application_features
     from features.definitions import feature_names
+    from features.frames import positions
     from lending.approval import decide, feature_hash
     from lending.policy import APPROVAL_POLICY_V1
 
@@ -160,7 +161,8 @@ def approve_batch(business_date: dt.date, warehouse: Warehouse | None = None) ->
     batch = f"approve.{business_date:%Y%m%d}"
     frames = w.read_frames(DEALER_COLUMNS, columns={**DEALER_COLUMNS, DEALERS: (*DEALER_COLUMNS[DEALERS], "status")})
     apps = frames[APPLICATIONS]
-    pending = apps[apps.application_id.isin(_pending_ids(w, batch, business_date))]
+    # membership by Arrow's hash lookup (Series.isin on Arrow strings builds a Python list of the set)
+    pending = apps[positions(pd.Series(_pending_ids(w, batch, business_date), dtype=object), apps.application_id) >= 0]
     pending = pending.sort_values("application_id").reset_index(drop=True)
     if pending.empty:
         return {"batch": batch, "decided": 0}

@@ -81,6 +81,7 @@ def _replace_partition(conn, table: sa.Table, as_of: dt.date, frame: pd.DataFram
 def post_repayments(business_date: dt.date, warehouse: Warehouse | None = None) -> dict:
     """Post the repayments known through ``business_date`` that the ledger does not have yet:
     one entry ``repay:<idempotency key>`` per instruction (debit nostro, credit the receivable)."""
+    from features.frames import positions
     from lending.disbursement import NOSTRO, check_entries, repayment_entries
 
     w = warehouse or Warehouse.from_conn()
@@ -95,7 +96,8 @@ def post_repayments(business_date: dt.date, warehouse: Warehouse | None = None) 
     known = rep[(rep.updated_at < as_of) & (rep.paid_at < as_of)]
     loans = ins[ins.kind == "dealer_loan"].copy()
     loans["application_id"] = loans.idempotency_key.str.removeprefix("loan:")
-    repaid = loans[loans.application_id.isin(known.application_id)]
+    # membership by Arrow's hash lookup (Series.isin on Arrow strings builds a Python list of the set)
+    repaid = loans[positions(known.application_id, loans.application_id) >= 0]
     sc = ins[ins.kind == "supplier_credit"].copy()
     batch_day = pd.to_datetime(sc.source_batch.str.slice(3, 11), format="%Y%m%d")
     settled = sc[batch_day + pd.Timedelta(days=SUPPLIER_CREDIT_TERM_DAYS) < as_of]

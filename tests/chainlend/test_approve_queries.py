@@ -113,3 +113,16 @@ def test_outstanding_exposure_per_dealer(world):
 def test_financed_vins_are_those_of_live_decisions_of_other_batches(world):
     vins = [f"VIN{i:014d}" for i in (1, 4, 5, 7, 8, 10, 30)]
     assert lending_ops._financed_vins(world, BATCH, vins) == {f"VIN{i:014d}" for i in (4, 5, 8, 10)}
+
+
+def test_requirement_mismatches_reads_pins_markers_and_missing_distributions(tmp_path):
+    import importlib.metadata
+
+    numpy = importlib.metadata.version("numpy")
+    req = tmp_path / "requirements.txt"
+    req.write_text(f"# pinned\nnumpy=={numpy}\n-c constraints.txt\n\npandas==0.0.1\n"
+                   "no-such-distribution-xyz==1.0\nscipy==0.0.1; python_version < '3'\n", encoding="utf-8")
+    pandas = importlib.metadata.version("pandas")
+    assert lending_ops._requirement_mismatches(str(req)) == [
+        f"pandas==0.0.1 (installed: {pandas})", "no-such-distribution-xyz==1.0 (not installed)"]
+    assert lending_ops._requirement_mismatches(str(tmp_path / "absent.txt")) == []

@@ -105,6 +105,23 @@ def test_champion_serves_pd_in_unit_interval_with_reasons(trained):
     assert set(out["reason_1"].dropna()) <= set(feature_names("dealer_pd"))
 
 
+
+def test_champion_is_loaded_once_per_process_and_predicts_as_mlflow_loads_it(trained):
+    import mlflow.pyfunc
+    import pandas as pd
+
+    from chainlend import lending_ops, model_ops
+    from features.definitions import feature_names
+
+    reg = model_ops.registry()
+    v1, m1 = lending_ops.champion("dealer_pd")
+    v2, m2 = lending_ops.champion("dealer_pd")
+    assert v1 == v2 == reg.version("dealer_pd", "champion") and m1 is m2  # cached by registry/family/version
+    assert lending_ops.champion("post_loan_behaviour")[1] is not m1
+    tags = reg.tags("dealer_pd", v1)
+    frame = pd.read_parquet(tags["dataset_path"]).head(300)[feature_names("dealer_pd")]
+    pd.testing.assert_frame_equal(m1.predict(frame), mlflow.pyfunc.load_model(f"models:/dealer_pd/{v1}").predict(frame))
+
 def test_validation_pack_logged_with_gate_and_oracle(trained):
     from chainlend import model_ops
 
