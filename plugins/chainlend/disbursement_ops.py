@@ -39,12 +39,12 @@ import urllib.error
 import urllib.request
 from collections import Counter
 from dataclasses import dataclass
-from itertools import repeat
 
 import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 
+from chainlend.bulk import bulk_insert, placeholder
 from chainlend.settings import PAYMENT_RAIL_CONN_ID
 from chainlend.systems import Warehouse
 
@@ -88,37 +88,8 @@ def _insert_ignore(conn, table: sa.Table, rows: list[dict]) -> None:
         conn.execute(table.insert().prefix_with("IGNORE"), rows)
 
 
-def _mark(conn) -> str:
-    """The DBAPI's positional placeholder (sqlite3: ``?``; psycopg, PyMySQL: ``%s``)."""
-    style = conn.dialect.paramstyle
-    if style not in ("qmark", "format", "pyformat"):
-        raise DisbursementError(f"driver {conn.dialect.driver!r} uses paramstyle {style!r}; the ledger writes "
-                                "plain DBAPI statements with qmark or format placeholders")
-    return "?" if style == "qmark" else "%s"
-
-
-def _bulk_insert(conn, table: sa.Table, columns: dict[str, list], const: dict[str, object]) -> None:
-    """Insert one row per position of ``columns`` (name → list of plain values), each row also
-    getting ``const``: plain tuples through the DBAPI ``executemany`` (PostgreSQL: ``COPY``, whose
-    psycopg ``executemany`` costs ~30 µs of Python a row), so SQLAlchemy does not build and process
-    a parameter dict per row. Constraints and triggers apply as to any insert."""
-    if not columns or not len(next(iter(columns.values()))):
-        return
-
-    names = [*columns, *const]
-    q = conn.dialect.identifier_preparer
-    into = f"{q.format_table(table)} ({', '.join(q.quote(n) for n in names)})"
-    if conn.dialect.name == "postgresql":  # psycopg adapts the Python values itself
-        rows = zip(*columns.values(), *map(repeat, const.values()))
-        with conn.connection.driver_connection.cursor() as cur, cur.copy(f"COPY {into} FROM STDIN") as copy:
-            for row in rows:
-                copy.write_row(row)
-        return
-    bind = {n: table.c[n].type.dialect_impl(conn.dialect).bind_processor(conn.dialect) for n in names}
-    varying = [v if bind[n] is None else list(map(bind[n], v)) for n, v in columns.items()]
-    fixed = [v if bind[n] is None else bind[n](v) for n, v in const.items()]  # e.g. a datetime for SQLite
-    rows = list(zip(*varying, *map(repeat, fixed)))
-    conn.exec_driver_sql(f"INSERT INTO {into} VALUES ({', '.join([_mark(conn)] * len(names))})", rows)
+_mark = placeholder  # the DBAPI's positional placeholder (sqlite3 ``?``; psycopg, PyMySQL ``%s``)
+_bulk_insert = bulk_insert  # plain tuples through executemany, COPY on PostgreSQL (chainlend.bulk)
 
 
 def _in(conn, keys: list | tuple) -> tuple[str, tuple]:

@@ -656,15 +656,15 @@ def _store_splits(conn, table: sa.Table, splits: pd.DataFrame) -> int:
 def _insert_columns(conn, table: sa.Table, columns: dict[str, list], const: dict[str, object]) -> None:
     """Insert one row per position of ``columns`` (name → list of plain Python values), each row
     also getting ``const``, without SQLAlchemy's per-row parameter dicts. PostgreSQL (``COPY``)
-    and MariaDB (DBAPI ``executemany``): :func:`chainlend.disbursement_ops._bulk_insert`. SQLite:
+    and MariaDB (DBAPI ``executemany``): :func:`chainlend.bulk.bulk_insert`. SQLite:
     the column types' bind processing (dates and times to text) once per distinct value, and the
     rows streamed to sqlite3's ``executemany`` (no list of millions of tuples)."""
     from itertools import repeat
 
-    from chainlend.disbursement_ops import _bulk_insert
+    from chainlend.bulk import bulk_insert
 
     if conn.dialect.name != "sqlite":
-        _bulk_insert(conn, table, columns, const)
+        bulk_insert(conn, table, columns, const)
         return
     if not columns or not len(next(iter(columns.values()))):
         return
