@@ -148,7 +148,9 @@ def _features_first_bad(inst: dict, unpaid: np.ndarray, n: int, as_of: int, bad_
     due = np.append(inst["inst_due"], as_of - fd.SUPPLIER_BAD_DPD)
     paid_known = np.append(np.where(unpaid, NEVER, inst["inst_pay_on"] + 1), 1)
     supplier = np.append(inst["inst_supplier"], n)
-    return Instalments(supplier, known, due, due + fd.SUPPLIER_BAD_DPD, paid_known, paid_known).first_bad_day(
+    on_time_known = np.where(np.append(inst["inst_pay_on"], 0) <= due, paid_known, NEVER)
+    return Instalments(supplier, known, due, due + fd.SUPPLIER_BAD_DPD, paid_known, paid_known,
+                       on_time_known).first_bad_day(
         n + 1, as_of, bad_min_count)[:n]
 
 
@@ -345,7 +347,11 @@ def test_recorded_repayments_are_the_source_rows(world):
 def test_conditional_oracle_of_supplier_snapshots_in_a_simulated_world(world):
     sim, frames, as_of = world
     ds = supplier_pd_dataset(frames, as_of, snapshot_every_days=7, horizon_days=90)
-    ds = ds[pd.to_datetime(ds.obs_date) + pd.Timedelta(days=90) <= pd.Timestamp(as_of)].reset_index(drop=True)
+    obs = pd.to_datetime(ds.obs_date)
+    # matured labels, and a played day before each snapshot (the first snapshot is the first
+    # receipt day, the world's first day: no state to condition on yet)
+    ds = ds[(obs + pd.Timedelta(days=90) <= pd.Timestamp(as_of)) & (obs > pd.Timestamp(2025, 1, 6))]
+    ds = ds.reset_index(drop=True)
     oracle = sim.conditional_oracle_suppliers(ds[["supplier_id", "obs_date"]], LABEL_90, paths=400, pay_draws=40)
     assert ((oracle >= 0) & (oracle <= 1)).all()
     gone = (ds.supplier_id.map(sim.supplier_default_days()) < pd.to_datetime(ds.obs_date)).to_numpy()
