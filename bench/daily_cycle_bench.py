@@ -51,7 +51,8 @@ History length. Features look back 90-180 days and a steady-state warehouse hold
 2.2 M cars, the dealers' opening stock included) because the rest already takes 27-31 minutes
 on 2 shared cores: the champion world 1.5-4 minutes, the reference history 1 minute, the
 connect day 15-17 minutes (the initial load alone ~5 minutes), the measured day 9.5-11
-minutes; each further history day adds ~1 minute of setup (simulation and initial load). Every
+minutes with the code before session 5, 2.9 minutes after it (171.6 s on a quiet machine);
+each further history day adds ~1 minute of setup (simulation and initial load). Every
 step that reads whole published tables (approval's features, all of monitoring) grows with the
 history: the measured day here is a lower bound of the steady-state day, recorded with ``history_days``
 (``CHAINLEND_BENCH_HISTORY_DAYS`` overrides it). Also smaller than in steady state: the ledger
