@@ -25,6 +25,7 @@ import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+TMPDIR_ENV = "CHAINLEND_ARROW_TMPDIR"  # where the child writes its Arrow files (default /dev/shm, else the temp dir)
 READ_THREADS = 4  # queries read at once (the driver releases the GIL while it reads)
 TIMEOUT_S = 3600
 
@@ -41,7 +42,8 @@ def read_sqlite(path: str, queries: list[tuple[str, str | None, str | None]]) ->
     if not queries:
         return []
     shm = Path("/dev/shm")
-    with tempfile.TemporaryDirectory(prefix="chainlend-arrow-", dir=shm if shm.is_dir() else None) as out:
+    folder = os.environ.get(TMPDIR_ENV) or (str(shm) if shm.is_dir() else None)
+    with tempfile.TemporaryDirectory(prefix="chainlend-arrow-", dir=folder) as out:
         request = json.dumps({"path": path, "out": out, "queries": [list(q) for q in queries]})
         proc = subprocess.run([sys.executable, "-m", "chainlend.arrow_reader"], input=request, text=True,
                               capture_output=True, timeout=TIMEOUT_S, env={**os.environ, "PYTHONPATH": _pythonpath()})

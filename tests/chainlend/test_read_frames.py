@@ -243,3 +243,22 @@ def test_a_failed_read_raises_with_the_reader_error(tmp_path):
     w.create_all()
     with pytest.raises(ArrowReadError, match="no_such_table"):
         read_sqlite(str(tmp_path / "e.db"), [("SELECT * FROM no_such_table", None, None)])
+
+
+def test_the_arrow_files_go_where_chainlend_arrow_tmpdir_says(tmp_path, monkeypatch):
+    import sqlite3
+
+    from chainlend.arrow_reader import TMPDIR_ENV, read_sqlite
+
+    path = tmp_path / "t.db"
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE t (x INTEGER)")
+        conn.execute("INSERT INTO t VALUES (1), (2)")
+    folder = tmp_path / "arrow"
+    folder.mkdir()
+    monkeypatch.setenv(TMPDIR_ENV, str(folder))
+    assert read_sqlite(str(path), [("SELECT x FROM t", None, "x")])[0].column("x").to_pylist() == [1, 2]
+    assert list(folder.iterdir()) == []  # its own folder, removed after the read
+    monkeypatch.setenv(TMPDIR_ENV, str(tmp_path / "missing"))
+    with pytest.raises(FileNotFoundError):  # the setting is used, not silently replaced
+        read_sqlite(str(path), [("SELECT x FROM t", None, "x")])
