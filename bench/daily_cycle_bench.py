@@ -48,11 +48,11 @@ The world, built before the measured day (not timed in the figures):
 
 History length. Features look back 90-180 days and a steady-state warehouse holds that much
 (18 M applications at 100,000 a day). This entry keeps 10 business days (1 M applications,
-2.2 M cars, the dealers' opening stock included) because the rest already takes 27-31 minutes
-on 2 shared cores: the champion world 1.5-4 minutes, the reference history 1 minute, the
-connect day 15-17 minutes (the initial load alone ~5 minutes), the measured day 9.5-11
-minutes with the code before session 5, 2.9 minutes after it (171.6 s on a quiet machine);
-each further history day adds ~1 minute of setup (simulation and initial load). Every
+2.2 M cars, the dealers' opening stock included) because the rest already takes ~15 minutes
+on 2 shared cores (27-31 with the code before session 5): the champion world 2-4 minutes, the
+reference history 1-2 minutes, the connect day 7.5 minutes (15-17 before; the initial load
+alone 4-5 minutes), the measured day ~3 minutes (9.5-11 before); each further history day adds
+~1 minute of setup (simulation and initial load). Every
 step that reads whole published tables (approval's features, all of monitoring) grows with the
 history: the measured day here is a lower bound of the steady-state day, recorded with ``history_days``
 (``CHAINLEND_BENCH_HISTORY_DAYS`` overrides it). Also smaller than in steady state: the ledger
@@ -67,7 +67,7 @@ It serves from a thread of the measuring process, so its work is inside ``send_p
 The measured day runs in a subprocess (``python -m bench.daily_cycle_bench``) with its own
 ``CHAINLEND_VAR`` under the entry's workdir (its own Airflow metadata DB, warehouse, MLflow
 store): ``bench.__main__`` configures Airflow for ``var/`` before the entries run, and the
-process's memory (~9 GB at its peak) is returned when it ends. The world's databases (~10 GB)
+process's memory (~5 GB at its peak; 9 GB before session 5) is returned when it ends. The world's databases (~10 GB)
 are deleted after the run; ``run.log`` and ``progress.txt`` stay. Run it alone with
 ``python -m bench.daily_cycle_bench --workdir DIR [--history-days N] [--profile]``
 (``--profile`` writes ``measured_day.pstats``, a cProfile of the measured day; its figures are
