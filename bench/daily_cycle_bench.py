@@ -502,11 +502,12 @@ def _build_world(workdir: Path, dags: dict, scale: str, history_days: int, info:
 
     if save_snapshot is not None:
         t1 = time.perf_counter()
-        from airflow.settings import dispose_orm
+        from airflow.settings import configure_orm, dispose_orm
 
-        dispose_orm()
+        dispose_orm()  # no open SQLite handle while the files are copied
         save_snapshot.mkdir(parents=True, exist_ok=True)
         _copy_world(workdir, save_snapshot)
+        configure_orm()  # the measured day's dag.test() needs the session back
         (save_snapshot / "snapshot.json").write_text(json.dumps({"workdir": str(workdir), "info": info},
                                                                 default=str))
         say(f"world saved to {save_snapshot} in {time.perf_counter() - t1:.0f} s")
