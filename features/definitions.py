@@ -131,6 +131,16 @@ FEATURES: dict[str, tuple[Feature, ...]] = {
         ("due_since_last_payment", "expected instalments that fell due after the supplier's last known instalment "
                                    "payment (all of them if it never paid) and are unpaid at the as-of date",
          "count"),
+        # the same behaviours over the last 30 days: the supplier's risk moves (a daily AR(1) with a
+        # half-life of about a month in the simulator), and a 90/180-day window lags a deterioration
+        ("disputed_share_30d", "disputed amount / payable amount of the last 30 days; NaN without payables",
+         "share"),
+        ("dilution_ratio_30d", "credit memo amount / payable amount of the last 30 days; NaN without payables",
+         "ratio"),
+        ("late_instalment_share_30d", "share of the instalments paid in the last 30 days that were paid after "
+                                      "their due date; NaN if none", "share"),
+        ("mean_days_late_30d", "mean days past due (0 if on time) of the instalments paid in the last 30 days; "
+                               "NaN if none", "days"),
     )),
     POST_LOAN: _family(POST_LOAN, (
         ("days_since_drawdown", "days since the loan was drawn (its application date)", "days"),

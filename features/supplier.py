@@ -217,9 +217,12 @@ class SupplierPanel:
                                           (status == "withdrawn").astype(np.float64))
         memo = require(frames, MEMOS, ("supplier_id", "amount_fen", "issued_at", "updated_at"))
         issued, memo_known = timing(memo, MEMOS)
-        p["dilution_ratio_90d"] = ratio(g.window_sum(positions(self.index, memo["supplier_id"]), issued, memo_known,
-                                                     MID_WINDOW, memo["amount_fen"].to_numpy(dtype=np.float64)),
-                                        payables)
+        m_sup, m_amount = positions(self.index, memo["supplier_id"]), memo["amount_fen"].to_numpy(dtype=np.float64)
+        p["dilution_ratio_90d"] = ratio(g.window_sum(m_sup, issued, memo_known, MID_WINDOW, m_amount), payables)
+        payables_30 = g.window_sum(p_sup, pay_day, pay_known, SHORT_WINDOW, amount)
+        p["disputed_share_30d"] = ratio(g.window_sum(p_sup, pay_day, pay_known, SHORT_WINDOW,
+                                                     np.where(status == "disputed", amount, 0.0)), payables_30)
+        p["dilution_ratio_30d"] = ratio(g.window_sum(m_sup, issued, memo_known, SHORT_WINDOW, m_amount), payables_30)
 
         # repayment behaviour
         reps = require(frames, REPAYMENTS, ("supplier_id", "due_on", "paid_at", "updated_at"))
@@ -230,6 +233,10 @@ class SupplierPanel:
         p["late_instalment_share_180d"] = ratio(g.window_sum(r_sup, paid, rep_known, LONG_WINDOW,
                                                              (days_late > 0).astype(np.float64)), count)
         p["mean_days_late_180d"] = ratio(g.window_sum(r_sup, paid, rep_known, LONG_WINDOW, days_late), count)
+        count_30 = g.window_sum(r_sup, paid, rep_known, SHORT_WINDOW)
+        p["late_instalment_share_30d"] = ratio(g.window_sum(r_sup, paid, rep_known, SHORT_WINDOW,
+                                                            (days_late > 0).astype(np.float64)), count_30)
+        p["mean_days_late_30d"] = ratio(g.window_sum(r_sup, paid, rep_known, SHORT_WINDOW, days_late), count_30)
         p["max_days_late_180d"] = g.interval_max(r_sup, np.maximum(rep_known, paid + 1), paid + LONG_WINDOW + 1,
                                                  days_late)
         last_paid = g.interval_max(r_sup, rep_known, np.full(len(paid), NEVER), paid.astype(np.float64))
