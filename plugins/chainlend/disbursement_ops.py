@@ -509,11 +509,11 @@ def _insert_credit_items(conn, t: dict[str, sa.Table], plan: _Plan, post: range 
                 .where(numbered, pi.c.kind == "supplier_credit", *plan.cred_w).order_by(c.c.credit_id))
         wrote += conn.execute(ii.insert().from_select(["item_key", "instruction_id", "amount_fen"], rows)
                               .execution_options(preserve_rowcount=True)).rowcount  # else -1 on psycopg
-        got.update((i, (int(n), int(a))) for i, n, a in conn.execute(
-            sa.select(pi.c.instruction_id, sa.func.count(), _total(ii.c.amount_fen))
+        got.update((i, (int(n), int(a))) for _, i, n, a in conn.execute(  # by number: in the scan's order, no sort
+            sa.select(pi.c.instruction_no, sa.func.min(pi.c.instruction_id), sa.func.count(), _total(ii.c.amount_fen))
             .select_from(pi.join(c, pair).join(ii, sa.and_(ii.c.item_key == _credit_key(c),
                                                              ii.c.instruction_id == pi.c.instruction_id)))
-            .where(numbered, pi.c.kind == "supplier_credit", *plan.cred_w).group_by(pi.c.instruction_id)))
+            .where(numbered, pi.c.kind == "supplier_credit", *plan.cred_w).group_by(pi.c.instruction_no)))
     bad = sorted(i for i in want if got.get(i, (0, 0)) != want[i])
     if wrote != expected or bad:
         raise DisbursementError(
