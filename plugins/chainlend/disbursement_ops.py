@@ -29,6 +29,7 @@ attempt whose heartbeat was lost):
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import logging
@@ -55,6 +56,7 @@ CHUNK_INSTRUCTIONS = 5_000
 # items, and of reviews approved since): older batches were settled by earlier runs; a full
 # reconciliation over everything is ``reconcile_ledger(..., scope=EVERYTHING)`` (the demo report)
 DISBURSE_LOOKBACK_DAYS = 7
+SORT_MEMORY_MIB = 512  # SQLite page cache (and so sorter memory) of each reconciliation reader
 OUTBOX_BATCH = 2_000  # payments per rail request (each keeps its own idempotency key)
 # test hook: ``disburse.after_chunk:<k>`` SIGKILLs this process right after the k-th chunk commits
 FAILPOINT_ENV = "CHAINLEND_FAILPOINT"
@@ -285,10 +287,9 @@ def _pending_credit_totals(conn, t: dict[str, sa.Table], scope: Scope, interval_
                            cred_w: list) -> tuple[pd.DataFrame, int]:
     """The totals (``batch_id, supplier_id, amount_fen, credits``) of the payable credits of
     ``scope`` per (micro-batch, supplier) whose instruction does not exist, and the number of the
-    scope's micro-batch instructions that do: per micro-batch, grouped by supplier along the
-    (batch_id, supplier_id) index, the suppliers with an instruction left out by a short ``NOT IN``
-    list the database checks on the index entry (a probe of the instruction key per credit costs
-    ~5 times as much). The credits themselves (~1.8 M a day) stay in the database: the chunks
+    scope's micro-batch instructions that do: per micro-batch, summed per supplier by the
+    database, the suppliers with an instruction left out by a short ``NOT IN`` list the database
+    checks per row (a probe of the instruction key per credit costs ~5 times as much). The credits themselves (~1.8 M a day) stay in the database: the chunks
     write their items with ``INSERT … SELECT`` (:func:`_insert_credit_items`)."""
     c, pi = t["supplier_credits"], t["payment_instructions"]
     batches = list(conn.execute(sa.select(c.c.batch_id).distinct().where(*_credit_batch_where(t, scope, interval_end)))
@@ -304,12 +305,13 @@ def _pending_credit_totals(conn, t: dict[str, sa.Table], scope: Scope, interval_
                                         "written by this ledger; an operator must look")
             done.setdefault(batch, []).append(supplier)
     rows: list[tuple] = []
-    for b in batches:
-        where = [*cred_w, c.c.batch_id == b]
-        if done.get(b):
-            where.append(c.c.supplier_id.not_in(done[b]))
-        rows += [(b, s, a, n) for s, a, n in _fetch(conn, sa.select(
-            c.c.supplier_id, _total(c.c.amount_fen), sa.func.count()).where(*where).group_by(c.c.supplier_id))]
+    with _sort_memory(conn):  # a batch's credits sorted by supplier
+        for b in batches:
+            where = [*cred_w, c.c.batch_id == b]
+            if done.get(b):
+                where.append(c.c.supplier_id.not_in(done[b]))
+            rows += [(b, s, a, n) for s, a, n in _fetch(conn, sa.select(
+                c.c.supplier_id, _total(c.c.amount_fen), sa.func.count()).where(*where).group_by(c.c.supplier_id))]
     n_done = sum(len(done.get(b, ())) for b in batches)
     return _frame_of(rows, ["batch_id", "supplier_id", "amount_fen", "credits"], {"batch_id", "supplier_id"}), n_done
 
@@ -488,34 +490,40 @@ def _numbered(column: sa.Column, numbers: list[int]) -> list[sa.ColumnElement]:
 def _insert_credit_items(conn, t: dict[str, sa.Table], plan: _Plan, post: range | list[int],
                          numbers: list[int]) -> int:
     """The items of the supplier instructions at ``post`` (just inserted as ``numbers``): their
-    credits copied by the database (``INSERT … SELECT`` joining each instruction to its micro-batch
-    and supplier along the (batch_id, supplier_id) index, in item key order so the key's B-tree
-    fills page after page), no credit through Python. Then proven: the statement wrote as many
-    items as the plan counted, and each instruction's items, read back, are as many as its
-    credits and add up to its amount; else :class:`DisbursementError` (the transaction rolls back:
-    the credits changed since they were planned, e.g. a re-allocation; a retry plans again).
-    Returns the number of items written."""
+    credits copied by the database, no credit through Python: per micro-batch one ``INSERT …
+    SELECT`` that reads the batch's credits in storage order (credit id order, which is the item
+    key's: the key's B-tree fills page after page) and finds each one's instruction by its key
+    ``sc:<batch>:<supplier>``. Then proven: the statements wrote as many items as the plan
+    counted, and each instruction's items, read back, are as many as its credits and add up to
+    its amount; else :class:`DisbursementError` (the transaction rolls back: the credits changed
+    since they were planned, e.g. a re-allocation; a retry plans again). Returns the number of
+    items written."""
+    from lending.disbursement import CREDIT_PREFIX
+
     pi, c, ii = t["payment_instructions"], t["supplier_credits"], t["instruction_items"]
-    want = {i: (n, a) for j, i, n, a in zip(post, [plan.ins["instruction_id"][j] for j in post],
-                                             [plan.credits[j] for j in post], [plan.ins["amount_fen"][j] for j in post])
+    want = {plan.ins["instruction_id"][j]: (plan.credits[j], plan.ins["amount_fen"][j]) for j in post
             if not plan.is_loan(j)}
     if not want:
         return 0
     expected = sum(n for n, _ in want.values())
-    pair = sa.and_(c.c.batch_id == pi.c.source_batch, c.c.supplier_id == pi.c.borrower_id)
+    batches = sorted({plan.ins["source_batch"][j] for j in post if not plan.is_loan(j)})
+    instruction = pi.c.idempotency_key == (sa.literal("sc:", pi.c.idempotency_key.type) + c.c.batch_id
+                                           + sa.literal(":", pi.c.idempotency_key.type) + c.c.supplier_id)
+    key = sa.literal(CREDIT_PREFIX, ii.c.item_key.type) + c.c.credit_id
     wrote, got = 0, {}
-    for numbered in _numbered(pi.c.instruction_no, numbers):
-        rows = (sa.select(_credit_key(c), pi.c.instruction_id, c.c.amount_fen).select_from(pi.join(c, pair))
-                .where(numbered, pi.c.kind == "supplier_credit", *plan.cred_w).order_by(c.c.credit_id))
+    for b, numbered in ((b, n) for b in batches for n in _numbered(pi.c.instruction_no, numbers)):
+        ours = [pi.c.kind == "supplier_credit", numbered]
+        rows = (sa.select(key, pi.c.instruction_id, c.c.amount_fen).select_from(c.join(pi, instruction))
+                .where(c.c.batch_id == b, *plan.cred_w, *ours))
         wrote += conn.execute(ii.insert().from_select(["item_key", "instruction_id", "amount_fen"], rows)
                               .execution_options(preserve_rowcount=True)).rowcount  # else -1 on psycopg
-        got.update((i, (int(n), int(a))) for _, i, n, a in conn.execute(  # by number: in the scan's order, no sort
+        got.update((i, (int(n), int(a))) for _, i, n, a in conn.execute(  # by number: short records to sort
             sa.select(pi.c.instruction_no, sa.func.min(pi.c.instruction_id), sa.func.count(), _total(ii.c.amount_fen))
-            .select_from(pi.join(c, pair).join(ii, sa.and_(ii.c.item_key == _credit_key(c),
-                                                             ii.c.instruction_id == pi.c.instruction_id)))
-            .where(numbered, pi.c.kind == "supplier_credit", *plan.cred_w).group_by(pi.c.instruction_no)))
+            .select_from(c.join(pi, instruction).join(ii, sa.and_(ii.c.item_key == key,
+                                                                 ii.c.instruction_id == pi.c.instruction_id)))
+            .where(c.c.batch_id == b, *plan.cred_w, *ours).group_by(pi.c.instruction_no)))
     bad = sorted(i for i in want if got.get(i, (0, 0)) != want[i])
-    if wrote != expected or bad:
+    if wrote != expected or bad or len(got) != len(want):
         raise DisbursementError(
             f"the items written for {len(want)} supplier instruction(s) differ from the plan: {wrote} item(s) "
             f"written for {expected} planned credit(s); {len(bad)} instruction(s) whose items (count, sum) differ, "
@@ -577,12 +585,10 @@ def post_instructions(interval_end: dt.datetime, *, scope: str, holder: str, run
     against the plan (:func:`_insert_credit_items`).
 
     Returns counts and the ``cutoff`` (the decisions this run could see) for reconciliation."""
-    from chainlend.lending_store import migrate_credit_indexes
     from lending.disbursement import check_entries, disbursement_entries, plan_from_totals
 
     w = warehouse or Warehouse.from_conn()
     w.metadata.create_all(w.engine, checkfirst=True)
-    migrate_credit_indexes(w.engine, w.lending["supplier_credits"])  # each instruction's credits: one range
     fence = acquire_lease(w, scope, holder)
     cutoff = _now() + dt.timedelta(seconds=1)
     batches = Scope.of(w, interval_end)
@@ -808,37 +814,50 @@ def send_outbox(rail: PaymentRail, warehouse: Warehouse | None = None, *, batch:
 # reconciliation
 
 
-def _in_halves(w: Warehouse, conn, query: sa.Select, batch: sa.Column, first: str | None,
-               last: str | None) -> list[list[tuple]]:
-    """The rows of ``query`` over the credit batches from ``first`` to ``last``: the micro-batches
-    before and from the one halfway in time read side by side on two connections (the database
-    does the work; the drivers release the GIL); one part per statement."""
-    from concurrent.futures import ThreadPoolExecutor
-
+@contextlib.contextmanager
+def _sort_memory(conn, mib: int = SORT_MEMORY_MIB):
+    """On SQLite, ``mib`` of page cache for ``conn`` while the block runs: its sorter keeps that
+    much in memory before it writes sorted runs to temporary files and merges them (the grouping of
+    a day's ~1.8 M credits per half of the scope is ~100 MB of records); the pooled connection gets
+    its own setting back."""
+    if conn.dialect.name != "sqlite":
+        yield
+        return
+    before = conn.exec_driver_sql("PRAGMA cache_size").scalar_one()
+    conn.exec_driver_sql(f"PRAGMA cache_size=-{int(mib) * 1024}")
     try:
-        lo, hi = (dt.datetime.strptime(b, "sc.%Y%m%dT%H%M") for b in (first, last))
-    except (TypeError, ValueError):  # no credits, or batch ids of another form: one statement
-        return [list(conn.execute(query).all())]
-    middle = f"sc.{lo + (hi - lo) / 2:%Y%m%dT%H%M}"
-    url = w.engine.url
-    if not first < middle <= last or url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:"):
-        return [list(conn.execute(query).all())]  # one batch; or a memory database, one per connection
-
-    def half(lower: bool) -> list[tuple]:
-        with w.engine.connect() as own:
-            return list(own.execute(query.where(batch < middle if lower else batch >= middle)).all())
-
-    with ThreadPoolExecutor(2) as pool:
-        return list(pool.map(half, (True, False)))
+        yield
+    finally:
+        conn.exec_driver_sql(f"PRAGMA cache_size={int(before)}")
 
 
 def _per_instruction(w: Warehouse, conn, query: sa.Select, batch: sa.Column, first: str | None,
                      last: str | None) -> list[tuple]:
     """The rows of ``query`` (grouped by instruction; NULL: credits without one) over the credit
-    batches from ``first`` to ``last`` (:func:`_in_halves`). An instruction's credits are all of
-    one batch, so only the NULL group is in both halves, and is added up."""
+    batches from ``first`` to ``last``: the micro-batches before and from the one halfway in time
+    read side by side on two connections (the database does the work; the drivers release the
+    GIL). An instruction's credits are all of one batch, so only the NULL group is in both halves,
+    and is added up."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    try:
+        lo, hi = (dt.datetime.strptime(b, "sc.%Y%m%dT%H%M") for b in (first, last))
+    except (TypeError, ValueError):  # no credits, or batch ids of another form: one statement
+        return list(conn.execute(query).all())
+    middle = f"sc.{lo + (hi - lo) / 2:%Y%m%dT%H%M}"
+    url = w.engine.url
+    if not first < middle <= last or url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:"):
+        return list(conn.execute(query).all())  # one batch; or a memory database, one per connection
+
+    def half(lower: bool) -> list[tuple]:
+        with w.engine.connect() as own:
+            with _sort_memory(own):
+                return list(own.execute(query.where(batch < middle if lower else batch >= middle)).all())
+
+    with ThreadPoolExecutor(2) as pool:
+        parts = list(pool.map(half, (True, False)))
     merged: dict = {}
-    for row in (r for part in _in_halves(w, conn, query, batch, first, last) for r in part):
+    for row in (r for part in parts for r in part):
         if row[0] in merged:  # the NULL group: counts and sums add up, the flag is the smaller
             old = merged[row[0]]
             merged[row[0]] = (row[0], old[1] + row[1], old[2] + row[2], min(old[3], row[3]),
@@ -846,25 +865,6 @@ def _per_instruction(w: Warehouse, conn, query: sa.Select, batch: sa.Column, fir
         else:
             merged[row[0]] = tuple(row)
     return list(merged.values())
-
-
-def _groups_of_pairs(pairs: list[tuple]) -> list[tuple] | None:
-    """The rows of the per-instruction query (see :func:`reconcile_ledger`) from the rows of the
-    per-(micro-batch, supplier) query, when every pair's items are of one instruction and no two
-    pairs share one (as the ledger writes them: ``sc:<batch>:<supplier>``); else ``None`` (then
-    the per-instruction query itself must run)."""
-    groups, seen = [], set()
-    null = [None, 0, 0, 1, 0, 0, 0]  # the credits without an item
-    for lo, hi, n, amount, e_min, bad_item, bad_none, e_item, e_all, eh_item, eh_all in pairs:
-        if n:
-            if lo != hi or lo in seen:
-                return None
-            seen.add(lo)
-            groups.append((lo, int(n), int(amount), int(e_min), int(bad_item), int(e_item), int(eh_item)))
-        null[4] += int(bad_none)
-        null[5] += int(e_all) - int(e_item)
-        null[6] += int(eh_all) - int(eh_item)
-    return [*groups, tuple(null)]
 
 
 def reconcile_ledger(interval_end: dt.datetime, cutoff: dt.datetime, warehouse: Warehouse | None = None,
@@ -921,21 +921,6 @@ def reconcile_ledger(interval_end: dt.datetime, cutoff: dt.datetime, warehouse: 
                   total(flag(sa.and_(e == 1, sa.or_(~has_item, held, ii.c.amount_fen != c.c.amount_fen)))),
                   total(e), total(flag(sa.and_(e == 1, held))))
         .select_from(credits_from).where(*cred_w).group_by(ii.c.instruction_id))
-    # the same per (micro-batch, supplier), along the pair index: no sort of the scope's millions of
-    # credits (an instruction's credits are one pair's; :func:`_groups_of_pairs` checks it); the
-    # batches of held items before the scope's range in a statement of their own, so the range's
-    # stays one index range
-    pair_cols = (sa.func.min(ii.c.instruction_id), sa.func.max(ii.c.instruction_id), sa.func.count(ii.c.amount_fen),
-                 total(ii.c.amount_fen), sa.func.min(sa.case((has_item, e), else_=1)),
-                 total(flag(sa.and_(has_item, e == 1, sa.or_(held, ii.c.amount_fen != c.c.amount_fen)))),
-                 total(flag(sa.and_(~has_item, e == 1))), total(flag(sa.and_(has_item, e == 1))), total(e),
-                 total(flag(sa.and_(has_item, e == 1, held))), total(flag(sa.and_(e == 1, held))))
-    pair_wheres = [_payable_where(t, Scope(scope.since))[2] if scope.since is not None else cred_w]
-    held_before = [] if scope.since is None else [b for b in scope.held_batches if b < f"sc.{scope.since:%Y%m%dT%H%M}"]
-    if held_before:
-        pair_wheres.append([*_payable_where(t, EVERYTHING)[2], c.c.batch_id.in_(held_before)])
-    pair_qs = [sa.select(*pair_cols).select_from(credits_from).where(*where).group_by(c.c.batch_id, c.c.supplier_id)
-               for where in pair_wheres]
     ins_cols = (pi.c.instruction_no, pi.c.instruction_id, pi.c.idempotency_key, pi.c.amount_fen, pi.c.source_batch,
                 ob.c.instruction_id.label("ob_id"), ob.c.amount_fen.label("ob_amount"))
     ins_q = sa.select(*ins_cols).select_from(pi.outerjoin(ob, ob.c.instruction_no == pi.c.instruction_no))
@@ -960,14 +945,7 @@ def reconcile_ledger(interval_end: dt.datetime, cutoff: dt.datetime, warehouse: 
         in_scope = [] if scope.since is None else _credit_batch_where(t, scope, None)[-1:]
         first = conn.execute(sa.select(sa.func.min(c.c.batch_id)).where(*in_scope)).scalar()  # from the index
         last = conn.execute(sa.select(sa.func.max(c.c.batch_id)).where(*in_scope)).scalar()
-        range_w = [] if scope.since is None else _credit_batch_where(t, Scope(scope.since), None)
-        lo = conn.execute(sa.select(sa.func.min(c.c.batch_id)).where(*range_w)).scalar()
-        hi = conn.execute(sa.select(sa.func.max(c.c.batch_id)).where(*range_w)).scalar()
-        pairs = [r for part in _in_halves(w, conn, pair_qs[0], c.c.batch_id, lo, hi) for r in part]
-        pairs += [r for q in pair_qs[1:] for r in conn.execute(q).all()]
-        groups = _groups_of_pairs(pairs)
-        if groups is None:  # items that are not where the ledger writes them: count them per instruction
-            groups = _per_instruction(w, conn, per_instruction_q, c.c.batch_id, first, last)
+        groups = _per_instruction(w, conn, per_instruction_q, c.c.batch_id, first, last)
         ins = _frame_of(_fetch(conn, ins_q), [col.name for col in ins_cols],
                         text={"instruction_id", "idempotency_key", "source_batch", "ob_id"})
         if scope.since is not None:

@@ -52,32 +52,6 @@ ID = sa.String(64)
 SPLIT_ID = sa.String(160)  # model id (64) + ':' + 16 hex + ':' + supplier id (64)
 
 
-CREDIT_PAIR_INDEX = "ix_supplier_credits_batch_supplier"
-SUPERSEDED_CREDIT_INDEX = "ix_supplier_credits_batch"  # (batch_id): a prefix of the pair index
-
-
-def migrate_credit_indexes(engine: sa.Engine, credits: sa.Table) -> bool:
-    """Bring a warehouse made before the pair index to the current layout (``create_all`` does
-    not add indexes to existing tables): create ``ix_supplier_credits_batch_supplier`` and drop the
-    (batch_id) index it supersedes. Without it, disbursement would scan a whole micro-batch per
-    supplier instruction. A one-off: about a minute at reference scale (~20 M credits) on SQLite,
-    which then holds the write lock. Returns whether anything changed."""
-    import logging
-
-    names = {i["name"] for i in sa.inspect(engine).get_indexes(credits.name)}
-    if CREDIT_PAIR_INDEX in names and SUPERSEDED_CREDIT_INDEX not in names:
-        return False
-    with engine.begin() as conn:
-        if CREDIT_PAIR_INDEX not in names:
-            logging.getLogger(__name__).warning("migrating %s: creating index %s (one-off)", credits.name,
-                                                CREDIT_PAIR_INDEX)
-            next(i for i in credits.indexes if i.name == CREDIT_PAIR_INDEX).create(conn)
-        if SUPERSEDED_CREDIT_INDEX in names:  # (not an Index object: it would join the table's indexes)
-            on = f" ON {credits.name}" if conn.dialect.name == "mysql" else ""
-            conn.exec_driver_sql(f"DROP INDEX {SUPERSEDED_CREDIT_INDEX}{on}")
-    return True
-
-
 def define(metadata: sa.MetaData) -> dict[str, sa.Table]:
     t = {}
     t["loan_decisions"] = sa.Table(
@@ -149,11 +123,7 @@ def define(metadata: sa.MetaData) -> dict[str, sa.Table]:
         sa.Column("line_off_on", sa.Date, nullable=False),
         sa.Column("allocated_at", sa.DateTime, nullable=False),
         sa.Column("split_id", SPLIT_ID, nullable=False),  # its lineage: supplier_credit_splits
-        # a micro-batch's credits by supplier: each supplier instruction's credits are one range
-        # (disbursement copies them as items, reconciliation groups them without a sort); it
-        # serves every lookup by batch_id alone as well, so it replaces that index (see
-        # :func:`migrate_credit_indexes`)
-        sa.Index(CREDIT_PAIR_INDEX, "batch_id", "supplier_id"),
+        sa.Index("ix_supplier_credits_batch", "batch_id"),
         sa.Index("ix_supplier_credits_supplier", "supplier_id"),
     )
     # a re-run finds the stored credits of its vehicles: on SQLite by a range of the credit_id key

@@ -426,32 +426,6 @@ def test_reconcile_names_each_difference_in_the_database(dialect, corrupt, expec
     assert "(e.g. [" in str(info.value)
 
 
-def test_reconcile_sums_credits_per_batch_and_supplier_and_per_instruction_when_an_item_strays(tmp_path, monkeypatch):
-    """Reconciliation sums the scope's credits per (micro-batch, supplier), along the pair index
-    (no sort of millions of credits by instruction); an item carried by another instruction than
-    its pair's makes it sum per instruction instead, which names both instructions."""
-    import chainlend.disbursement_ops as ops
-    from lending.disbursement import ReconciliationError
-
-    w = S.warehouse(f"sqlite:///{tmp_path / 'w.db'}")
-    S.seed(w)
-    cutoff = dt.datetime.fromisoformat(_post(w)["cutoff"])
-    per_instruction, calls = ops._per_instruction, []
-    monkeypatch.setattr(ops, "_per_instruction", lambda *a: calls.append(a) or per_instruction(*a))
-    rec = ops.reconcile_ledger(S.INTERVAL_END, cutoff, w)
-    assert rec.reconciled and not calls
-    key = _first(w, "SELECT min(item_key) FROM instruction_items")[0]
-    with w.engine.begin() as conn:
-        conn.execute(sa.text(
-            "UPDATE instruction_items SET instruction_id = (SELECT min(instruction_id) FROM payment_instructions "
-            "WHERE kind = 'supplier_credit' AND instruction_id <> (SELECT instruction_id FROM instruction_items "
-            "WHERE item_key = :k)) WHERE item_key = :k"), {"k": key})
-    with pytest.raises(ReconciliationError, match=r"^disbursement does not reconcile: instructions whose amount ≠ "
-                                                  r"the sum of their items: 2 \(e\.g\. \['pi_"):
-        ops.reconcile_ledger(S.INTERVAL_END, cutoff, w)
-    assert len(calls) == 1
-
-
 def test_the_rail_pays_a_batch_once_per_key_in_one_transaction(rail):
     """A batch request: each payment by its own idempotency key (a key again in the same batch or
     a later one replays the stored payment, a key reused with another amount is refused, a bad
