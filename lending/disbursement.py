@@ -107,13 +107,13 @@ def plan_instructions(loans: pd.DataFrame, credits: pd.DataFrame) -> tuple[pd.Da
         LedgerError: an amount is not a positive integer, a loan or credit repeats, or two
             (micro-batch, supplier) pairs would share one idempotency key.
     """
-    for frame, key in ((loans, "application_id"), (credits, "credit_id")):
-        if frame[key].duplicated().any():
-            raise LedgerError(f"plan_instructions: {key} repeats: {frame[key][frame[key].duplicated()].head(3).tolist()}")
+    _check_loans(loans)
+    if credits["credit_id"].duplicated().any():
+        raise LedgerError(f"plan_instructions: credit_id repeats: "
+                          f"{credits.credit_id[credits.credit_id.duplicated()].head(3).tolist()}")
     la = _positive_int(loans["amount_fen"], "loan amounts")
     ca = _positive_int(credits["amount_fen"], "credit amounts")
     lkey = [LOAN_PREFIX + a for a in _texts(loans["application_id"])]
-    dealers, lbatch = _texts(loans["dealer_id"]), _texts(loans["source_batch"])
     cid, cbatch, sup = _texts(credits["credit_id"]), _texts(credits["batch_id"]), _texts(credits["supplier_id"])
     # a supplier's credits of one micro-batch: one instruction (vectorised: millions of credits a day)
     bcode, batches = pd.factorize(np.asarray(cbatch, dtype=object))
@@ -121,21 +121,73 @@ def plan_instructions(loans: pd.DataFrame, credits: pd.DataFrame) -> tuple[pd.Da
     pcode, pairs = pd.factorize(bcode.astype(np.int64) * max(len(suppliers), 1) + scode)  # in order of appearance
     pbatch = batches[pairs // max(len(suppliers), 1)].tolist()
     psup = suppliers[pairs % max(len(suppliers), 1)].tolist()
+    psum = np.zeros(len(pairs), dtype=np.int64)
+    np.add.at(psum, pcode, ca)
+    pkey = _pair_keys(pbatch, psup)
+    instructions, ids = _instructions(loans, la, lkey, pbatch, psup, psum.tolist(), pkey)
+    items = _frame({"item_key": lkey + [CREDIT_PREFIX + c for c in cid],
+                    "instruction_id": [ids[k] for k in lkey] + np.asarray([ids[k] for k in pkey] or [None],
+                                                                            dtype=object)[pcode].tolist(),
+                    "amount_fen": np.concatenate([la, ca]).astype(np.int64)})
+    return instructions, items
+
+
+def plan_from_totals(loans: pd.DataFrame, credit_totals: pd.DataFrame) -> pd.DataFrame:
+    """The instructions :func:`plan_instructions` plans, from payable loans and the totals of the
+    supplier credits per (micro-batch, supplier): the same rows in the same order, without the
+    millions of credits themselves (the warehouse writes their items, see
+    :func:`chainlend.disbursement_ops.post_instructions`).
+
+    Args:
+        loans: as for :func:`plan_instructions`.
+        credit_totals: ``batch_id, supplier_id, amount_fen`` (the sum of the pair's payable
+            credits, each > 0), one row per pair.
+
+    Raises:
+        LedgerError: an amount is not a positive integer, a loan or a pair repeats, or two pairs
+            would share one idempotency key.
+    """
+    _check_loans(loans)
+    pairs = credit_totals[["batch_id", "supplier_id"]]
+    if pairs.duplicated().any():
+        raise LedgerError(f"plan_from_totals: (batch_id, supplier_id) repeats: "
+                          f"{pairs[pairs.duplicated()].head(3).values.tolist()}")
+    la = _positive_int(loans["amount_fen"], "loan amounts")
+    psum = _positive_int(credit_totals["amount_fen"], "credit totals")
+    lkey = [LOAN_PREFIX + a for a in _texts(loans["application_id"])]
+    pbatch, psup = _texts(credit_totals["batch_id"]), _texts(credit_totals["supplier_id"])
+    return _instructions(loans, la, lkey, pbatch, psup, psum.tolist(), _pair_keys(pbatch, psup))[0]
+
+
+def _check_loans(loans: pd.DataFrame) -> None:
+    if loans["application_id"].duplicated().any():
+        raise LedgerError(f"plan_instructions: application_id repeats: "
+                          f"{loans.application_id[loans.application_id.duplicated()].head(3).tolist()}")
+
+
+def _pair_keys(pbatch: list[str], psup: list[str]) -> list[str]:
+    """The idempotency key ``sc:<batch>:<supplier>`` of each (micro-batch, supplier) pair, which
+    must not collide (e.g. batch "a:b" + supplier "c" and batch "a" + supplier "b:c")."""
     pkey = [f"sc:{b}:{s}" for b, s in zip(pbatch, psup)]
-    if len(set(pkey)) < len(pkey):  # e.g. batch "a:b" + supplier "c" and batch "a" + supplier "b:c"
+    if len(set(pkey)) < len(pkey):
         seen: set[str] = set()
         k = next(k for k in pkey if k in seen or seen.add(k))
         raise LedgerError(f"plan_instructions: key(s) {[k]} would aggregate credits of different (micro-batch, "
                           "supplier) pairs; a batch id must not contain ':'")
-    psum = np.zeros(len(pairs), dtype=np.int64)
-    np.add.at(psum, pcode, ca)
-    agg = {k: (s, b, a) for k, s, b, a in zip(pkey, psup, pbatch, psum.tolist())}  # key -> (supplier, batch, amount)
-    ikey = lkey + list(agg)
+    return pkey
+
+
+def _instructions(loans: pd.DataFrame, la: np.ndarray, lkey: list[str], pbatch: list[str], psup: list[str],
+                  psum: list[int], pkey: list[str]) -> tuple[pd.DataFrame, dict[str, str]]:
+    """The instruction frame of the loans and the credit pairs, in limit-check order, and the
+    instruction id of each key."""
+    dealers, lbatch = _texts(loans["dealer_id"]), _texts(loans["source_batch"])
+    ikey = lkey + pkey
     ids = _instruction_ids(ikey)
-    bt = ["dealer"] * len(lkey) + ["supplier"] * len(agg)
-    bid = dealers + [v[0] for v in agg.values()]
-    batch = lbatch + [v[1] for v in agg.values()]
-    amount = la.tolist() + [v[2] for v in agg.values()]
+    bt = ["dealer"] * len(lkey) + ["supplier"] * len(pkey)
+    bid = dealers + psup
+    batch = lbatch + pbatch
+    amount = la.tolist() + psum
     # the order limits are checked in; keys are unique, so the order is total (and often already sorted)
     order = sorted(range(len(ikey)), key=list(zip(bt, bid, batch, ikey)).__getitem__)
     instructions = _frame({
@@ -144,11 +196,7 @@ def plan_instructions(loans: pd.DataFrame, credits: pd.DataFrame) -> tuple[pd.Da
         "borrower_id": [bid[j] for j in order], "amount_fen": np.asarray([amount[j] for j in order], dtype=np.int64),
         "source_batch": [batch[j] for j in order],
     })[INSTRUCTION_COLUMNS]
-    items = _frame({"item_key": lkey + [CREDIT_PREFIX + c for c in cid],
-                    "instruction_id": [ids[k] for k in lkey] + np.asarray([ids[k] for k in pkey] or [None],
-                                                                            dtype=object)[pcode].tolist(),
-                    "amount_fen": np.concatenate([la, ca]).astype(np.int64)})
-    return instructions, items
+    return instructions, ids
 
 
 def stored_items(items: pd.DataFrame) -> pd.DataFrame:

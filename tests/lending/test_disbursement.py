@@ -32,6 +32,7 @@ from lending.disbursement import (
     entry_legs,
     implied_items,
     instruction_id,
+    plan_from_totals,
     plan_instructions,
     receivable_account,
     reconcile,
@@ -640,6 +641,28 @@ def test_stored_plus_implied_items_are_the_plans_items(world):
     rebuilt = pd.concat([stored_items(items), implied_items(ins)], ignore_index=True)
     assert sorted(map(tuple, rebuilt.astype(str).values)) == sorted(map(tuple, items.astype(str).values))
     assert not stored_items(items).item_key.isin(ins.idempotency_key).any()
+
+
+@SETTINGS
+@given(payables(), st.randoms(use_true_random=False))
+def test_the_plan_from_credit_totals_is_the_plan_from_the_credits(world, rnd: random.Random):
+    """Disbursement plans from the totals per (micro-batch, supplier) the warehouse sums: the same
+    instructions in the same order as from the credits themselves, whatever the totals' order."""
+    ln, cr = world
+    totals = cr.groupby(["batch_id", "supplier_id"], as_index=False).amount_fen.sum()
+    totals = totals.iloc[rnd.sample(range(len(totals)), len(totals))].reset_index(drop=True)
+    pd.testing.assert_frame_equal(plan_from_totals(ln, totals), plan_instructions(ln, cr)[0])
+
+
+@pytest.mark.parametrize(("totals", "message"), [
+    pytest.param([(SC1, "S1", 10), (SC1, "S1", 20)], r"\(batch_id, supplier_id\) repeats: \[\['sc\.20260302T0915', 'S1'\]\]",
+                 id="pair twice"),
+    pytest.param([("a:b", "c", 10), ("a", "b:c", 20)], r"key\(s\) \['sc:a:b:c'\] would aggregate", id="one key"),
+    pytest.param([(SC1, "S1", 0)], "credit totals: expected positive integer fen amounts, got 1 bad", id="zero"),
+])
+def test_credit_totals_are_checked_like_credits(totals, message):
+    with pytest.raises(LedgerError, match=message):
+        plan_from_totals(NO_LOANS, pd.DataFrame(totals, columns=["batch_id", "supplier_id", "amount_fen"]))
 
 
 @SETTINGS
