@@ -14,6 +14,7 @@ import datetime as dt
 import json
 from dataclasses import dataclass
 
+import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 
@@ -55,9 +56,10 @@ class GateSummary:
 LOOKUP_CHUNK = 5_000
 
 
-def _in_lookup(conn, sql: str, values: list, params: tuple = ()) -> list[tuple]:
+def _in_lookup(conn, sql: str, values: list, params: tuple = (), before: tuple = ()) -> list[tuple]:
     """The rows of ``sql`` for every chunk of 5,000 ``values``: ``{marks}`` in ``sql`` is where
-    the IN list's placeholders go, ``params`` the positional parameters after it.
+    the IN list's placeholders go, ``before`` and ``params`` the positional parameters before and
+    after it.
 
     Plain DBAPI statements: SQLAlchemy compiles a bound parameter per value of an expanding IN
     (~10 µs each) and processes every result row, several seconds for the ~400,000 keys of a
@@ -67,7 +69,7 @@ def _in_lookup(conn, sql: str, values: list, params: tuple = ()) -> list[tuple]:
     for start in range(0, len(values), LOOKUP_CHUNK):
         chunk = values[start:start + LOOKUP_CHUNK]
         rows += conn.exec_driver_sql(sql.format(marks=", ".join([mark] * len(chunk))),
-                                     (*chunk, *params)).fetchall()
+                                     (*before, *chunk, *params)).fetchall()
     return rows
 
 
@@ -274,11 +276,15 @@ def _publish(conn, warehouse, contract, batch_id, outcome: GateOutcome, seqs: pd
     keys = accepted[contract.key].astype(str).unique().tolist()
     q = conn.dialect.identifier_preparer
     table, kcol, bcol, mark = q.format_table(pub), q.quote(key.name), q.quote(BATCH_ID), placeholder(conn)
-    newer = {str(k) for (k,) in _in_lookup(
-        conn, f"SELECT {kcol} FROM {table} WHERE {kcol} IN ({{marks}}) AND {bcol} > {mark}", keys, (batch_id,))}
+    # one lookup finds the keys other batches published, and whether that batch is later (the
+    # comparison is the database's, as in the delete below); most keys of a day are new
+    found = _in_lookup(conn, f"SELECT {kcol}, {bcol} > {mark} FROM {table} WHERE {kcol} IN ({{marks}}) "
+                             f"AND {bcol} <> {mark}", keys, (batch_id,), before=(batch_id,))
+    newer = {str(k) for k, later in found if later}
+    older = sorted({str(k) for k, later in found if not later})
     # the earlier rows of these keys are replaced (the unique key index finds each)
-    for start in range(0, len(keys), LOOKUP_CHUNK):
-        chunk = keys[start:start + LOOKUP_CHUNK]
+    for start in range(0, len(older), LOOKUP_CHUNK):
+        chunk = older[start:start + LOOKUP_CHUNK]
         conn.exec_driver_sql(f"DELETE FROM {table} WHERE {kcol} IN ({', '.join([mark] * len(chunk))}) "
                              f"AND {bcol} < {mark}", (*chunk, batch_id))
     records = accepted.assign(**{BATCH_ID: batch_id, SEQ: seqs.loc[accepted.index].to_numpy()})
@@ -287,7 +293,36 @@ def _publish(conn, warehouse, contract, batch_id, outcome: GateOutcome, seqs: pd
     for c in contract.columns:  # ints read back as float when the batch had nulls
         if c.type == "int":
             records[c.name] = pd.to_numeric(records[c.name]).astype("Int64")
-    bulk_insert(conn, pub, plain_columns(records, [*contract.column_names, SEQ]), {BATCH_ID: batch_id})
+    columns = plain_columns(records, [*contract.column_names, SEQ])
+    if conn.dialect.name == "sqlite" and len(records) > 1:
+        pub, columns = _in_key_order(conn, pub, columns, records[contract.key])
+    bulk_insert(conn, pub, columns, {BATCH_ID: batch_id})
+
+
+_ROWID_TABLES: dict[str, sa.Table] = {}
+
+
+def _in_key_order(conn, table: sa.Table, columns: dict[str, list], key: pd.Series) -> tuple[sa.Table, dict]:
+    """SQLite: the rows in key order, each with the ``rowid`` SQLite would give it in arrival order.
+
+    The key's unique index of a large published table (2 M inventory rows) takes random-key
+    inserts at a cache miss each; in key order it fills index pages in sequence (an inventory
+    day's insert in ~half the time). The explicit rowids (``max(rowid) + 1, …`` in arrival order,
+    as SQLite assigns them) keep the table itself as an arrival-order insert leaves it, so a scan
+    without ORDER BY reads the rows in the same order. Returns the table with a ``rowid`` column
+    (for :func:`chainlend.bulk.bulk_insert`) and the reordered columns."""
+    q = conn.dialect.identifier_preparer
+    last = conn.exec_driver_sql(f"SELECT MAX(rowid) FROM {q.format_table(table)}").scalar()
+    n = len(key)
+    rowids = range((last or 0) + 1, (last or 0) + 1 + n)
+    order = np.argsort(key.astype(str).to_numpy(dtype=object), kind="stable")
+    ordered = {"rowid": [rowids[i] for i in order]}
+    for name, values in columns.items():
+        ordered[name] = [values[i] for i in order]
+    if table.name not in _ROWID_TABLES:
+        _ROWID_TABLES[table.name] = sa.Table(table.name, sa.MetaData(), sa.Column("rowid", sa.BigInteger),
+                                             *[sa.Column(c.name, c.type) for c in table.columns])
+    return _ROWID_TABLES[table.name], ordered
 
 
 def _quarantine(conn, warehouse, contract, batch_id, run_id, outcome: GateOutcome, seqs, now) -> None:
