@@ -27,7 +27,7 @@ import sqlalchemy as sa
 
 from chainlend.bulk import placeholder
 from chainlend.pseudonym import Pseudonymiser, pii_columns
-from chainlend.systems import BATCH_ID, RUN_ID, SEQ, SourceDB, Warehouse, referenced_columns
+from chainlend.systems import BATCH_ID, RUN_ID, SEQ, SourceDB, Warehouse
 from sources.contract import Table
 
 LANDED = "landed"
@@ -155,17 +155,11 @@ def extract_load(
     rows = 0
     with warehouse.engine.begin() as wconn:
         wconn.execute(sa.delete(landing).where(landing.c[BATCH_ID] == batch_id))
-        by = _insert_order(wconn, contract) if raw else None
-        first_rowid = _next_rowid(wconn, landing) if by is not None else None
         for chunk in source.stream(contract, start, end, chunk_rows, raw=raw):
             if pseudonymise is not None:
                 chunk = pseudonymise(contract, chunk)
             lineage = (batch_id, run_id)
-            if by is not None:  # in the order of the indexed column, rowids of arrival order
-                numbered = [(first_rowid + rows + i, *row, *lineage, rows + i) for i, row in enumerate(chunk)]
-                numbered.sort(key=lambda r: (r[by] is None, str(r[by])))
-                wconn.exec_driver_sql(_positional_insert(wconn, landing, rowid=True), numbered)
-            elif raw:
+            if raw:
                 wconn.exec_driver_sql(
                     _positional_insert(wconn, landing),
                     [(*row, *lineage, rows + i) for i, row in enumerate(chunk)],
@@ -182,32 +176,12 @@ def extract_load(
     return BatchResult(batch_id, contract.source, contract.name, business_date, start, end, rows)
 
 
-def _positional_insert(conn: sa.Connection, table: sa.Table, *, rowid: bool = False) -> str:
-    """``INSERT INTO t (c1, …) VALUES (?, …)`` in the driver's positional paramstyle (``rowid``:
-    SQLite's rowid first)."""
+def _positional_insert(conn: sa.Connection, table: sa.Table) -> str:
+    """``INSERT INTO t (c1, …) VALUES (?, …)`` in the driver's positional paramstyle."""
     quote = conn.dialect.identifier_preparer.quote
-    names = [*(["rowid"] if rowid else []), *(quote(c.name) for c in table.columns)]
-    return f"INSERT INTO {quote(table.name)} ({', '.join(names)}) VALUES ({', '.join([placeholder(conn)] * len(names))})"
-
-
-def _insert_order(conn: sa.Connection, contract: Table) -> int | None:
-    """SQLite: the position (in an inserted row, after the rowid) of the one column other tables'
-    foreign keys point at, if there is exactly one; else None.
-
-    Its landing index (inventory VINs: 2 M entries) takes random-key inserts at a cache miss
-    each; a chunk inserted in that column's order fills the index pages in sequence (an
-    inventory day lands in about half the time). The rows keep the rowids SQLite gives them in
-    arrival order (:func:`_next_rowid`), so the table is as an arrival-order insert leaves it."""
-    referenced = referenced_columns(contract)
-    if conn.dialect.name != "sqlite" or len(referenced) != 1:
-        return None
-    return 1 + contract.column_names.index(referenced[0])
-
-
-def _next_rowid(conn: sa.Connection, table: sa.Table) -> int:
-    """The rowid SQLite gives the next row inserted without one (the largest so far + 1)."""
-    quote = conn.dialect.identifier_preparer.quote
-    return (conn.exec_driver_sql(f"SELECT MAX(rowid) FROM {quote(table.name)}").scalar() or 0) + 1
+    mark = placeholder(conn)
+    cols = ", ".join(quote(c.name) for c in table.columns)
+    return f"INSERT INTO {quote(table.name)} ({cols}) VALUES ({', '.join([mark] * len(table.columns))})"
 
 
 def _landed(warehouse: Warehouse, batch_id: str) -> bool:

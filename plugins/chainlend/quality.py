@@ -14,7 +14,6 @@ import datetime as dt
 import json
 from dataclasses import dataclass
 
-import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 
@@ -293,36 +292,7 @@ def _publish(conn, warehouse, contract, batch_id, outcome: GateOutcome, seqs: pd
     for c in contract.columns:  # ints read back as float when the batch had nulls
         if c.type == "int":
             records[c.name] = pd.to_numeric(records[c.name]).astype("Int64")
-    columns = plain_columns(records, [*contract.column_names, SEQ])
-    if conn.dialect.name == "sqlite" and len(records) > 1:
-        pub, columns = _in_key_order(conn, pub, columns, records[contract.key])
-    bulk_insert(conn, pub, columns, {BATCH_ID: batch_id})
-
-
-_ROWID_TABLES: dict[str, sa.Table] = {}
-
-
-def _in_key_order(conn, table: sa.Table, columns: dict[str, list], key: pd.Series) -> tuple[sa.Table, dict]:
-    """SQLite: the rows in key order, each with the ``rowid`` SQLite would give it in arrival order.
-
-    The key's unique index of a large published table (2 M inventory rows) takes random-key
-    inserts at a cache miss each; in key order it fills index pages in sequence (an inventory
-    day's insert in ~half the time). The explicit rowids (``max(rowid) + 1, …`` in arrival order,
-    as SQLite assigns them) keep the table itself as an arrival-order insert leaves it, so a scan
-    without ORDER BY reads the rows in the same order. Returns the table with a ``rowid`` column
-    (for :func:`chainlend.bulk.bulk_insert`) and the reordered columns."""
-    q = conn.dialect.identifier_preparer
-    last = conn.exec_driver_sql(f"SELECT MAX(rowid) FROM {q.format_table(table)}").scalar()
-    n = len(key)
-    rowids = range((last or 0) + 1, (last or 0) + 1 + n)
-    order = np.argsort(key.astype(str).to_numpy(dtype=object), kind="stable")
-    ordered = {"rowid": [rowids[i] for i in order]}
-    for name, values in columns.items():
-        ordered[name] = [values[i] for i in order]
-    if table.name not in _ROWID_TABLES:
-        _ROWID_TABLES[table.name] = sa.Table(table.name, sa.MetaData(), sa.Column("rowid", sa.BigInteger),
-                                             *[sa.Column(c.name, c.type) for c in table.columns])
-    return _ROWID_TABLES[table.name], ordered
+    bulk_insert(conn, pub, plain_columns(records, [*contract.column_names, SEQ]), {BATCH_ID: batch_id})
 
 
 def _quarantine(conn, warehouse, contract, batch_id, run_id, outcome: GateOutcome, seqs, now) -> None:

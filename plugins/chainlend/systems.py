@@ -192,7 +192,7 @@ class Warehouse:
                     sa.Column(RUN_ID, sa.String(255), nullable=False),
                     sa.Column(SEQ, sa.BigInteger, nullable=False),
                 ),
-                indexes=(BATCH_ID, *referenced_columns(contract)),
+                indexes=(BATCH_ID, *_referenced(contract)),
             )
         return self._landing[key]
 
@@ -493,7 +493,7 @@ def _frame(arrays: dict, types: dict):
     return pd.DataFrame(out, columns=list(arrays))
 
 
-def referenced_columns(contract: Table) -> tuple[str, ...]:
+def _referenced(contract: Table) -> tuple[str, ...]:
     """Columns of ``contract`` that foreign keys of its source point at (the gate looks them up)."""
     cols = {fk.ref_column for t in TABLES[contract.source] for fk in t.foreign_keys if fk.table == contract.name}
     return tuple(sorted(cols))

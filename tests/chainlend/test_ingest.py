@@ -222,8 +222,8 @@ def test_erp_from_mariadb_dealer_from_postgres_into_postgres_warehouse(
 @pytest.mark.parametrize("dialect", ["sqlite", "postgresql", "mariadb"])
 def test_publish_replaces_earlier_batches_keeps_later_ones(dialect, request, tmp_path):
     """A batch's accepted rows replace the rows of their keys from earlier batches and leave a
-    later batch's rows alone, on every warehouse dialect; on SQLite (rows written in key order)
-    the table holds the rows in arrival order, as a plain insert leaves them."""
+    later batch's rows alone, on every warehouse dialect; on SQLite the table holds the rows in
+    arrival order."""
     from types import SimpleNamespace
 
     from chainlend.quality import _publish
