@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import sqlalchemy as sa
 
+from chainlend.bulk import placeholder
 from chainlend.pseudonym import Pseudonymiser, pii_columns
 from chainlend.systems import BATCH_ID, RUN_ID, SEQ, SourceDB, Warehouse
 from sources.contract import Table
@@ -160,7 +161,7 @@ def extract_load(
             lineage = (batch_id, run_id)
             if raw:
                 wconn.exec_driver_sql(
-                    _positional_insert(wconn.dialect, landing),
+                    _positional_insert(wconn, landing),
                     [(*row, *lineage, rows + i) for i, row in enumerate(chunk)],
                 )
             else:
@@ -175,10 +176,10 @@ def extract_load(
     return BatchResult(batch_id, contract.source, contract.name, business_date, start, end, rows)
 
 
-def _positional_insert(dialect: sa.Dialect, table: sa.Table) -> str:
+def _positional_insert(conn: sa.Connection, table: sa.Table) -> str:
     """``INSERT INTO t (c1, …) VALUES (?, …)`` in the driver's positional paramstyle."""
-    quote = dialect.identifier_preparer.quote
-    mark = "?" if dialect.paramstyle == "qmark" else "%s"
+    quote = conn.dialect.identifier_preparer.quote
+    mark = placeholder(conn)
     cols = ", ".join(quote(c.name) for c in table.columns)
     return f"INSERT INTO {quote(table.name)} ({cols}) VALUES ({', '.join([mark] * len(table.columns))})"
 

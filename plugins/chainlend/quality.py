@@ -18,7 +18,7 @@ import pandas as pd
 import sqlalchemy as sa
 
 from chainlend.alerts import mask
-from chainlend.bulk import bulk_insert, plain_columns
+from chainlend.bulk import bulk_insert, placeholder, plain_columns
 from chainlend.ingest import LANDED, batch_id_for, window_end_for
 from chainlend.systems import BATCH_ID, LINEAGE_COLUMNS, SEQ, Warehouse
 from expectations.gate import REASONS, GateInputs, GateOutcome, run_gate
@@ -55,20 +55,37 @@ class GateSummary:
 LOOKUP_CHUNK = 5_000
 
 
-def _present(conn, column, values, *where) -> list:
-    """The distinct ``values`` that occur in ``column`` (chunked IN lookups on its index)."""
-    found: set = set()
+def _in_lookup(conn, sql: str, values: list, params: tuple = (), before: tuple = ()) -> list[tuple]:
+    """The rows of ``sql`` for every chunk of 5,000 ``values``: ``{marks}`` in ``sql`` is where
+    the IN list's placeholders go, ``before`` and ``params`` the positional parameters before and
+    after it.
+
+    Plain DBAPI statements: SQLAlchemy compiles a bound parameter per value of an expanding IN
+    (~10 µs each) and processes every result row, several seconds for the ~400,000 keys of a
+    reference-scale day; the statement here is the one SQLAlchemy would send."""
+    mark = placeholder(conn)
+    rows: list[tuple] = []
     for start in range(0, len(values), LOOKUP_CHUNK):
         chunk = values[start:start + LOOKUP_CHUNK]
-        found.update(conn.execute(sa.select(column).where(column.in_(chunk), *where).distinct()).scalars())
-    return sorted(found)
+        rows += conn.exec_driver_sql(sql.format(marks=", ".join([mark] * len(chunk))),
+                                     (*before, *chunk, *params)).fetchall()
+    return rows
+
+
+def _present(conn, column: sa.Column, values: list) -> list:
+    """The distinct ``values`` that occur in ``column`` (chunked IN lookups on its index)."""
+    q = conn.dialect.identifier_preparer
+    col = q.quote(column.name)
+    found = _in_lookup(conn, f"SELECT DISTINCT {col} FROM {q.format_table(column.table)} WHERE {col} IN ({{marks}})",
+                       values)
+    return sorted({r[0] for r in found})
 
 
 def _distinct_str(frame: pd.DataFrame, column: str) -> list[str]:
     if column not in frame.columns:
         return []
     values = frame[column].dropna()
-    return sorted({str(v) for v in values.unique()})
+    return sorted({str(v) for v in values.unique().tolist()})
 
 
 def gate_inputs(warehouse: Warehouse, contract: Table, business_date: dt.date,
@@ -92,11 +109,10 @@ def gate_inputs(warehouse: Warehouse, contract: Table, business_date: dt.date,
         if contract.unique_vin:
             pub = warehouse.published(contract)
             vins = _distinct_str(frame, "vin")
-            rows = []
-            for start in range(0, len(vins), LOOKUP_CHUNK):
-                rows += conn.execute(sa.select(pub.c.vin, pub.c[contract.key]).where(
-                    pub.c[BATCH_ID] != batch_id, pub.c.vin.in_(vins[start:start + LOOKUP_CHUNK]))
-                    .order_by(pub.c[contract.key])).all()
+            q = conn.dialect.identifier_preparer
+            key, mark = q.quote(contract.key), placeholder(conn)
+            rows = _in_lookup(conn, f"SELECT vin, {key} FROM {q.format_table(pub)} WHERE vin IN ({{marks}}) "
+                                    f"AND {q.quote(BATCH_ID)} <> {mark} ORDER BY {key}", vins, (batch_id,))
             used_vins = pd.Series([r[1] for r in rows], index=pd.Index([r[0] for r in rows], dtype="str"),
                                   dtype="str")
             used_vins = used_vins[~used_vins.index.duplicated(keep="first")]
@@ -257,13 +273,19 @@ def _publish(conn, warehouse, contract, batch_id, outcome: GateOutcome, seqs: pd
     if accepted.empty:
         return
     keys = accepted[contract.key].astype(str).unique().tolist()
-    newer: set[str] = set()
-    for start in range(0, len(keys), LOOKUP_CHUNK):
-        chunk = keys[start:start + LOOKUP_CHUNK]
-        newer.update(str(k) for k in conn.execute(
-            sa.select(key).where(key.in_(chunk), pub.c[BATCH_ID] > batch_id)).scalars())
-        # the earlier rows of these keys are replaced (the unique key index finds each)
-        conn.execute(sa.delete(pub).where(key.in_(chunk), pub.c[BATCH_ID] < batch_id))
+    q = conn.dialect.identifier_preparer
+    table, kcol, bcol, mark = q.format_table(pub), q.quote(key.name), q.quote(BATCH_ID), placeholder(conn)
+    # one lookup finds the keys other batches published, and whether that batch is later (the
+    # comparison is the database's, as in the delete below); most keys of a day are new
+    found = _in_lookup(conn, f"SELECT {kcol}, {bcol} > {mark} FROM {table} WHERE {kcol} IN ({{marks}}) "
+                             f"AND {bcol} <> {mark}", keys, (batch_id,), before=(batch_id,))
+    newer = {str(k) for k, later in found if later}
+    older = sorted({str(k) for k, later in found if not later})
+    # the earlier rows of these keys are replaced (the unique key index finds each)
+    for start in range(0, len(older), LOOKUP_CHUNK):
+        chunk = older[start:start + LOOKUP_CHUNK]
+        conn.exec_driver_sql(f"DELETE FROM {table} WHERE {kcol} IN ({', '.join([mark] * len(chunk))}) "
+                             f"AND {bcol} < {mark}", (*chunk, batch_id))
     records = accepted.assign(**{BATCH_ID: batch_id, SEQ: seqs.loc[accepted.index].to_numpy()})
     if newer:
         records = records[~records[contract.key].astype(str).isin(newer)]

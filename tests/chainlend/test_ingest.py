@@ -217,3 +217,41 @@ def test_erp_from_mariadb_dealer_from_postgres_into_postgres_warehouse(
         for contract in tables:
             assert len(warehouse.read_landing(contract)) == _source_rows(urls[source], contract, end), contract.name
     warehouse.engine.dispose()
+
+
+@pytest.mark.parametrize("dialect", ["sqlite", "postgresql", "mariadb"])
+def test_publish_replaces_earlier_batches_keeps_later_ones(dialect, request, tmp_path):
+    """A batch's accepted rows replace the rows of their keys from earlier batches and leave a
+    later batch's rows alone, on every warehouse dialect; on SQLite the table holds the rows in
+    arrival order."""
+    from types import SimpleNamespace
+
+    from chainlend.quality import _publish
+
+    url = {"sqlite": lambda: f"sqlite:///{tmp_path / 'w.db'}",
+           "postgresql": lambda: request.getfixturevalue("postgres_url"),
+           "mariadb": lambda: request.getfixturevalue("mariadb_url")}[dialect]()
+    warehouse = Warehouse.from_url(url)
+    contract = table(ERP, "vehicle_models")
+    pub = warehouse.published(contract)
+    warehouse.metadata.create_all(warehouse.engine, tables=[pub])
+    at = dt.datetime(2026, 3, 2, 12)
+
+    def publish(batch_id: str, keys: list[str]) -> None:
+        accepted = pd.DataFrame({"model_id": keys, "model_name": [f"{batch_id} {k}" for k in keys],
+                                 "segment": "suv", "list_price_fen": range(len(keys)), "updated_at": at})
+        with warehouse.engine.begin() as conn:
+            _publish(conn, warehouse, contract, batch_id, SimpleNamespace(accepted=accepted),
+                     pd.Series(range(len(keys)), index=accepted.index))
+
+    publish("erp.vehicle_models.20260302", ["M9", "M1", "M5", "M3"])
+    publish("erp.vehicle_models.20260304", ["M5", "M7"])
+    publish("erp.vehicle_models.20260303", ["M8", "M3", "M5", "M2"])  # a re-run of an older date
+    rows = warehouse.read_published(contract)
+    got = dict(zip(rows.model_id, rows[BATCH_ID].str[-2:]))
+    assert got == {"M1": "02", "M9": "02", "M3": "03", "M8": "03", "M2": "03", "M5": "04", "M7": "04"}
+    if dialect == "sqlite":
+        with warehouse.engine.connect() as conn:
+            order = [k for (k,) in conn.exec_driver_sql(f"SELECT model_id FROM {pub.name} ORDER BY rowid")]
+        assert order == ["M9", "M1", "M5", "M7", "M8", "M3", "M2"]  # replaced rows go, new ones follow
+    warehouse.engine.dispose()
