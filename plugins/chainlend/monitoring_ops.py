@@ -43,9 +43,22 @@ log = logging.getLogger(__name__)
 
 DEALER_FRAMES = ("dealer.dealers", "dealer.inventory", "dealer.sales", "dealer.floor_audits",
                  "dealer.loan_applications", "dealer.loan_repayments")
-ERP_FRAMES = ("erp.suppliers", "erp.parts", "erp.bom", "erp.sub_bom", "erp.production", "erp.goods_receipts",
-              "erp.payables", "erp.credit_memos", "erp.supplier_repayments", "erp.supplier_links",
-              "erp.vehicle_models", "erp.orders", "erp.line_off_events")
+# the ERP tables and columns the supplier rules (lending.early_warning) and the supplier features
+# (features.supplier) use: the others are not read (parts, supplier links, vehicle models, orders
+# and line-off events are used by neither; a missing one raises the FeatureError naming it)
+ERP_COLUMNS: dict[str, tuple[str, ...]] = {
+    "erp.suppliers": ("supplier_id", "tier", "onboarded_on"),
+    "erp.bom": ("model_id", "part_id", "supplier_id", "quantity", "unit_price_fen"),
+    "erp.sub_bom": ("parent_part_id", "supplier_id", "quantity", "unit_price_fen"),
+    "erp.production": ("model_id", "produced_at", "updated_at"),
+    "erp.goods_receipts": ("receipt_id", "supplier_id", "part_id", "quantity", "amount_fen", "received_at",
+                           "updated_at"),
+    "erp.payables": ("payable_id", "receipt_id", "supplier_id", "amount_fen", "due_on", "confirmation_status",
+                     "confirmed_at", "updated_at"),
+    "erp.credit_memos": ("supplier_id", "amount_fen", "issued_at", "updated_at"),
+    "erp.supplier_repayments": ("payable_id", "supplier_id", "due_on", "paid_at", "updated_at"),
+}
+ERP_FRAMES = tuple(ERP_COLUMNS)
 DEFAULT_CREDIT_OPS = ["credit-ops@bank.example"]
 FAMILIES = ("dealer_pd", "supplier_pd", "post_loan_behaviour")
 # retrain triggers (the PSI bands are models.metrics.PSI_INVESTIGATE / PSI_SIGNIFICANT). Feature
@@ -61,11 +74,12 @@ DEALER_MONITOR_DAYS = 30  # the dealer_pd population: applications of the last 3
 
 
 def _read_frames(w: Warehouse) -> dict:
-    """The published dealer and ERP tables monitoring reads (of the dealer tables, the columns the
-    dealer builders and rules use: :data:`features.dealer.DEALER_COLUMNS`)."""
+    """The published dealer and ERP tables monitoring reads, only the columns the builders and
+    rules use (:data:`features.dealer.DEALER_COLUMNS`, :data:`ERP_COLUMNS`)."""
     from features.dealer import DEALER_COLUMNS
 
-    return w.read_frames(DEALER_FRAMES + ERP_FRAMES, columns={k: DEALER_COLUMNS[k] for k in DEALER_FRAMES})
+    return w.read_frames(DEALER_FRAMES + ERP_FRAMES,
+                         columns={**{k: DEALER_COLUMNS[k] for k in DEALER_FRAMES}, **ERP_COLUMNS})
 
 
 def _now() -> dt.datetime:
