@@ -44,10 +44,11 @@ def send_digest(ew: dict) -> dict:
 
 
 @task
-def monitor_models() -> dict:
+def monitor_models(ew: dict) -> dict:
     from chainlend.monitoring_ops import monitor_models
 
-    return monitor_models(_business_date())
+    # the behaviour features and PDs early_warning computed, through its side file (XCom: the path)
+    return monitor_models(_business_date(), behaviour_file=ew["behaviour_file"])
 
 
 @task.short_circuit
@@ -71,8 +72,9 @@ def request_retrain(monitoring: dict) -> dict:
     doc_md=__doc__,
 )
 def monitor_post_loan():
-    send_digest(early_warning(post_repayments()))
-    monitoring = monitor_models()
+    ew = early_warning(post_repayments())
+    send_digest(ew)
+    monitoring = monitor_models(ew)
     retrain_needed(monitoring) >> request_retrain(monitoring)
 
 

@@ -27,6 +27,9 @@ import datetime as dt
 import html
 import json
 import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -40,9 +43,22 @@ log = logging.getLogger(__name__)
 
 DEALER_FRAMES = ("dealer.dealers", "dealer.inventory", "dealer.sales", "dealer.floor_audits",
                  "dealer.loan_applications", "dealer.loan_repayments")
-ERP_FRAMES = ("erp.suppliers", "erp.parts", "erp.bom", "erp.sub_bom", "erp.production", "erp.goods_receipts",
-              "erp.payables", "erp.credit_memos", "erp.supplier_repayments", "erp.supplier_links",
-              "erp.vehicle_models", "erp.orders", "erp.line_off_events")
+# the ERP tables and columns the supplier rules (lending.early_warning) and the supplier features
+# (features.supplier) use: the others are not read (parts, supplier links, vehicle models, orders
+# and line-off events are used by neither; a missing one raises the FeatureError naming it)
+ERP_COLUMNS: dict[str, tuple[str, ...]] = {
+    "erp.suppliers": ("supplier_id", "tier", "onboarded_on"),
+    "erp.bom": ("model_id", "part_id", "supplier_id", "quantity", "unit_price_fen"),
+    "erp.sub_bom": ("parent_part_id", "supplier_id", "quantity", "unit_price_fen"),
+    "erp.production": ("model_id", "produced_at", "updated_at"),
+    "erp.goods_receipts": ("receipt_id", "supplier_id", "part_id", "quantity", "amount_fen", "received_at",
+                           "updated_at"),
+    "erp.payables": ("payable_id", "receipt_id", "supplier_id", "amount_fen", "due_on", "confirmation_status",
+                     "confirmed_at", "updated_at"),
+    "erp.credit_memos": ("supplier_id", "amount_fen", "issued_at", "updated_at"),
+    "erp.supplier_repayments": ("payable_id", "supplier_id", "due_on", "paid_at", "updated_at"),
+}
+ERP_FRAMES = tuple(ERP_COLUMNS)
 DEFAULT_CREDIT_OPS = ["credit-ops@bank.example"]
 FAMILIES = ("dealer_pd", "supplier_pd", "post_loan_behaviour")
 # retrain triggers (the PSI bands are models.metrics.PSI_INVESTIGATE / PSI_SIGNIFICANT). Feature
@@ -58,11 +74,12 @@ DEALER_MONITOR_DAYS = 30  # the dealer_pd population: applications of the last 3
 
 
 def _read_frames(w: Warehouse) -> dict:
-    """The published dealer and ERP tables monitoring reads (of the dealer tables, the columns the
-    dealer builders and rules use: :data:`features.dealer.DEALER_COLUMNS`)."""
+    """The published dealer and ERP tables monitoring reads, only the columns the builders and
+    rules use (:data:`features.dealer.DEALER_COLUMNS`, :data:`ERP_COLUMNS`)."""
     from features.dealer import DEALER_COLUMNS
 
-    return w.read_frames(DEALER_FRAMES + ERP_FRAMES, columns={k: DEALER_COLUMNS[k] for k in DEALER_FRAMES})
+    return w.read_frames(DEALER_FRAMES + ERP_FRAMES,
+                         columns={**{k: DEALER_COLUMNS[k] for k in DEALER_FRAMES}, **ERP_COLUMNS})
 
 
 def _now() -> dt.datetime:
@@ -201,6 +218,64 @@ def _previous_levels(w: Warehouse, as_of: dt.date) -> pd.DataFrame:
     return hist[["borrower_type", "borrower_id", "level"]]
 
 
+BEHAVIOUR_FOLDER = "monitoring"  # under the var folder: the day's behaviour features and PDs
+
+
+@dataclass(frozen=True)
+class Behaviour:
+    """The performing book's ``post_loan_behaviour`` features and champion PDs as
+    :func:`early_warning` scored them (rows in the order of ``_live_loans``)."""
+
+    version: str
+    features: pd.DataFrame  # float64, the columns feature_names("post_loan_behaviour")
+    pds: np.ndarray
+
+
+def _behaviour_path(business_date: dt.date) -> Path:
+    from chainlend import settings
+
+    return settings.var_dir() / BEHAVIOUR_FOLDER / f"behaviour_{business_date:%Y%m%d}.parquet"
+
+
+def _write_behaviour(business_date: dt.date, version: str, X: pd.DataFrame, pds: np.ndarray) -> Path:
+    """Hand the day's behaviour features and PDs to :func:`monitor_models` through a Parquet file
+    (XCom carries only its path): the book, its features and the champion's scores are the same
+    in both tasks, and computing them is a large part of each. The files of other dates are
+    removed (a run needs only its own; a re-run of a date rewrites it)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = _behaviour_path(business_date)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    table = pa.Table.from_pandas(X.assign(pd=np.asarray(pds, dtype=np.float64)), preserve_index=False)
+    table = table.replace_schema_metadata({**(table.schema.metadata or {}), b"model_version": version.encode()})
+    tmp = path.with_suffix(".tmp")
+    pq.write_table(table, tmp)
+    os.replace(tmp, path)  # a reader sees the whole file or none
+    for old in path.parent.glob("behaviour_*.parquet"):
+        if old != path:
+            old.unlink(missing_ok=True)
+    return path
+
+
+def _read_behaviour(path: str, version: str) -> Behaviour | None:
+    """The file of :func:`_write_behaviour`; None (logged) when it was scored by another version
+    than the champion ``version`` now (promoted in between: the caller scores the book again)."""
+    import pyarrow.parquet as pq
+
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"the behaviour file {path} of early_warning is missing; re-run early_warning "
+                                f"for this business date")
+    table = pq.read_table(path)
+    written = (table.schema.metadata or {}).get(b"model_version", b"").decode()
+    if written != version:
+        log.warning("behaviour file %s was scored by post_loan_behaviour v%s, the champion is v%s now: "
+                    "scoring the book again", path, written, version)
+        return None
+    frame = table.to_pandas()
+    return Behaviour(written, frame.drop(columns="pd"), frame["pd"].to_numpy(dtype=np.float64))
+
+
 def early_warning(business_date: dt.date, warehouse: Warehouse | None = None) -> dict:
     """Signals, levels, actions and the watchlist for ``business_date``."""
     from features.dealer import shared_loans
@@ -230,6 +305,9 @@ def _early_warning(business_date: dt.date, warehouse: Warehouse | None) -> dict:
         pds = _pd_only(model, X)
         scored = pd.DataFrame({"as_of": business_date, "application_id": loans.application_id.to_numpy(),
                                "dealer_id": loans.dealer_id.to_numpy(), "pd": pds, "model_version": str(version)})
+    else:
+        X, pds = pd.DataFrame(columns=list(feature_names("post_loan_behaviour")), dtype="float64"), np.zeros(0)
+    behaviour_file = _write_behaviour(business_date, str(version), X, pds)
     # a dealer's behaviour score: the exposure-weighted mean PD of its performing loans (the
     # expected bad share of its book)
     weight = loans.outstanding_fen.astype(float).to_numpy() if len(scored) else np.zeros(0)
@@ -286,7 +364,8 @@ def _early_warning(business_date: dt.date, warehouse: Warehouse | None) -> dict:
             "levels": {lv: int(counts.get(lv, 0)) for lv in ("green", "yellow", "orange", "red")},
             "rules_fired": {str(k): int(v) for k, v in signals.rule.value_counts().sort_index().items()},
             "new": int((watch.change == "new").sum()), "escalated": int((watch.change == "escalated").sum()),
-            "loans_scored": int(len(scored)), "post_loan_version": str(version)}
+            "loans_scored": int(len(scored)), "post_loan_version": str(version),
+            "behaviour_file": str(behaviour_file)}
 
 
 def _controls(w: Warehouse, flagged: pd.DataFrame, business_date: dt.date) -> pd.DataFrame:
@@ -398,17 +477,21 @@ def _current_population(family: str, frames: dict, as_of: dt.date, w: Warehouse)
         loans = _live_loans(frames, as_of)
         feats = post_loan_features(frames, pd.DataFrame({"application_id": loans.application_id.to_numpy(),
                                                          "as_of": day}))
-        bs = t["behaviour_scores"]
-        past = w.read_query(sa.select(bs.c.application_id, bs.c.as_of, bs.c.pd))
-        # the earliest score of a loan (as_of: datetime.date objects; sorted as datetime64, ~30x faster)
-        first = past.iloc[np.argsort(pd.to_datetime(past.as_of).to_numpy(), kind="stable")].groupby(
-            "application_id").pd.first()
-        return feats[names], first
+        return feats[names], _first_behaviour_scores(w)
     from features.supplier import supplier_features
 
     ids = frames["erp.suppliers"].supplier_id.astype(str).tolist()
     feats = supplier_features(frames, ids, [as_of])
     return feats[names], pd.Series(dtype=float)  # supplier labels mature after the 12-month horizon
+
+
+def _first_behaviour_scores(w: Warehouse) -> pd.Series:
+    """The earliest behaviour score of each loan, by application id."""
+    bs = w.lending["behaviour_scores"]
+    past = w.read_query(sa.select(bs.c.application_id, bs.c.as_of, bs.c.pd))
+    # as_of: datetime.date objects; sorted as datetime64, ~30x faster
+    return past.iloc[np.argsort(pd.to_datetime(past.as_of).to_numpy(), kind="stable")].groupby(
+        "application_id").pd.first()
 
 
 def retrain_thresholds(environ: dict[str, str] | None = None) -> tuple[float, int]:
@@ -430,16 +513,22 @@ def retrain_thresholds(environ: dict[str, str] | None = None) -> tuple[float, in
     return psi_limit, cooldown
 
 
-def monitor_models(business_date: dt.date, warehouse: Warehouse | None = None) -> dict:
-    """PSI of score and features against each champion's training window; matured AUC; retrain."""
+def monitor_models(business_date: dt.date, warehouse: Warehouse | None = None,
+                   behaviour_file: str | None = None) -> dict:
+    """PSI of score and features against each champion's training window; matured AUC; retrain.
+
+    ``behaviour_file``: the day's file of :func:`early_warning` (its ``behaviour_file``): the
+    ``post_loan_behaviour`` population's features and PDs are taken from it instead of being
+    computed again (without it, they are computed here)."""
     from features.dealer import shared_loans
 
     with shared_loans():  # the loan book of the frames is built once for every family
-        return _monitor_models(business_date, warehouse)
+        return _monitor_models(business_date, warehouse, behaviour_file)
 
 
-def _monitor_models(business_date: dt.date, warehouse: Warehouse | None) -> dict:
+def _monitor_models(business_date: dt.date, warehouse: Warehouse | None, behaviour_file: str | None) -> dict:
     from chainlend import model_ops
+    from features.definitions import feature_names
     from models import metrics as m
 
     w = warehouse or Warehouse.from_conn()
@@ -464,13 +553,20 @@ def _monitor_models(business_date: dt.date, warehouse: Warehouse | None) -> dict
         if len(base) > BASELINE_SAMPLE:
             base = base.sample(BASELINE_SAMPLE, random_state=0)
         names = json.loads(tags["features"])  # the champion's own columns (an older version may have fewer)
-        current, past_scores = _current_population(family, frames, as_of, w)
+        shared = (_read_behaviour(behaviour_file, str(version))
+                  if family == "post_loan_behaviour" and behaviour_file is not None else None)
+        if shared is not None:
+            current, past_scores = shared.features, _first_behaviour_scores(w)
+        else:
+            current, past_scores = _current_population(family, frames, as_of, w)
         Xb = base[names].astype("float64").reset_index(drop=True)
         Xc = current[names].astype("float64").reset_index(drop=True)
         if Xc.empty:
             summary[family] = {"status": "no population to score"}
             continue
-        score_psi = m.psi(_pd_only(model, Xb), _pd_only(model, Xc))
+        # early_warning scored the book with the champion on feature_names(family): the same PDs
+        same = shared is not None and names == list(feature_names(family))
+        score_psi = m.psi(_pd_only(model, Xb), shared.pds if same else _pd_only(model, Xc))
         fpsi = m.feature_psi(Xb, Xc, names)
         bands = fpsi.map(m.psi_band)
         matured = past_scores.index.intersection(labels.index)

@@ -1,0 +1,57 @@
+"""The behaviour side file early_warning hands to monitor_models (features and PDs of the book)."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from chainlend import monitoring_ops as mo
+from features.definitions import feature_names
+
+
+@pytest.fixture
+def var(tmp_path, monkeypatch):
+    monkeypatch.setenv("CHAINLEND_VAR", str(tmp_path))
+    return tmp_path
+
+
+def _book(n: int) -> pd.DataFrame:
+    rng = np.random.default_rng(5)
+    return pd.DataFrame(rng.normal(size=(n, len(feature_names("post_loan_behaviour")))),
+                        columns=list(feature_names("post_loan_behaviour")))
+
+
+def test_round_trip_keeps_features_pds_and_order(var):
+    X, pds = _book(50), np.linspace(0.01, 0.9, 50)
+    path = mo._write_behaviour(dt.date(2026, 3, 4), "3", X, pds)
+    assert path.parent == var / mo.BEHAVIOUR_FOLDER
+    got = mo._read_behaviour(str(path), "3")
+    pd.testing.assert_frame_equal(got.features, X)
+    np.testing.assert_array_equal(got.pds, pds)
+    assert got.version == "3"
+
+
+def test_empty_book_round_trips_as_empty_float_columns(var):
+    X = pd.DataFrame(columns=list(feature_names("post_loan_behaviour")), dtype="float64")
+    got = mo._read_behaviour(str(mo._write_behaviour(dt.date(2026, 3, 4), "1", X, np.zeros(0))), "1")
+    assert got.features.empty and list(got.features.columns) == list(X.columns)
+    assert (got.features.dtypes == "float64").all() and len(got.pds) == 0
+
+
+def test_other_champion_version_is_scored_again(var):
+    path = mo._write_behaviour(dt.date(2026, 3, 4), "1", _book(3), np.zeros(3))
+    assert mo._read_behaviour(str(path), "2") is None
+
+
+def test_missing_file_names_its_cause(var):
+    with pytest.raises(FileNotFoundError, match="re-run early_warning"):
+        mo._read_behaviour(str(var / "nope.parquet"), "1")
+
+
+def test_a_new_date_removes_the_older_files(var):
+    old = mo._write_behaviour(dt.date(2026, 3, 3), "1", _book(2), np.zeros(2))
+    new = mo._write_behaviour(dt.date(2026, 3, 4), "1", _book(2), np.zeros(2))
+    assert new.exists() and not old.exists()
