@@ -22,6 +22,7 @@ import pandas as pd
 import sqlalchemy as sa
 
 from chainlend import settings
+from chainlend.bulk import bulk_insert
 from chainlend.disbursement_ops import upsert_limits
 from chainlend.systems import Warehouse, insert_rows
 from sources.contract import table as contract_table
@@ -543,7 +544,7 @@ def _store_credits(conn, t: dict[str, sa.Table], batch: str, credits: pd.DataFra
         tables[name] = _staging_table(conn, f"tmp_sc_{name}", [
             sa.Column(n, sa.Integer if n == "pos" else c.c[n].type, primary_key=n in keys[name],
                       autoincrement=False, nullable=(n in ("capped_by", "allocated_at"))) for n in names])
-        _insert_columns(conn, tables[name], values, {})
+        bulk_insert(conn, tables[name], values, {})
     v, sh, ch = tables["vehicles"], tables["shares"], tables["changed"]
     credit_id = v.c.vin + ":" + sh.c.supplier_id
     rows = sa.select(
@@ -645,48 +646,12 @@ def _store_splits(conn, table: sa.Table, splits: pd.DataFrame) -> int:
     if new.empty:
         return 0
     sub = new.sub_bom_line_id.to_numpy(dtype=object)
-    _insert_columns(conn, table, {
+    bulk_insert(conn, table, {
         "split_id": new.split_id.tolist(), "bom_line_id": new.bom_line_id.tolist(),
         "sub_bom_line_id": np.where(pd.isna(sub), "", sub).tolist(), "model_id": new.model_id.tolist(),
         "structure_hash": new.structure_hash.tolist(), "supplier_id": new.supplier_id.tolist(),
         "line_value_fen": new.line_value_fen.to_numpy(dtype=np.int64).tolist()}, {})
     return len(new)
-
-
-def _insert_columns(conn, table: sa.Table, columns: dict[str, list], const: dict[str, object]) -> None:
-    """Insert one row per position of ``columns`` (name → list of plain Python values), each row
-    also getting ``const``, without SQLAlchemy's per-row parameter dicts. PostgreSQL (``COPY``)
-    and MariaDB (DBAPI ``executemany``): :func:`chainlend.bulk.bulk_insert`. SQLite:
-    the column types' bind processing (dates and times to text) once per distinct value, and the
-    rows streamed to sqlite3's ``executemany`` (no list of millions of tuples)."""
-    from itertools import repeat
-
-    from chainlend.bulk import bulk_insert
-
-    if conn.dialect.name != "sqlite":
-        bulk_insert(conn, table, columns, const)
-        return
-    if not columns or not len(next(iter(columns.values()))):
-        return
-
-    def bound(name: str, values: list) -> list:
-        process = table.c[name].type.dialect_impl(conn.dialect).bind_processor(conn.dialect)
-        if process is None:
-            return values
-        memo: dict = {}
-        return [memo[v] if v in memo else memo.setdefault(v, process(v)) for v in values]
-
-    names = [*columns, *const]
-    q = conn.dialect.identifier_preparer
-    varying = [bound(n, v) for n, v in columns.items()]
-    fixed = [bound(n, [v])[0] for n, v in const.items()]
-    sql = (f"INSERT INTO {q.format_table(table)} ({', '.join(q.quote(n) for n in names)}) "
-           f"VALUES ({', '.join(['?'] * len(names))})")
-    cursor = conn.connection.driver_connection.cursor()
-    try:
-        cursor.executemany(sql, zip(*varying, *map(repeat, fixed)))
-    finally:
-        cursor.close()
 
 
 def _supplier_pd(frames, model, supplier_ids: list[str], as_of: dt.date) -> pd.Series:
