@@ -12,10 +12,13 @@ stored, so a re-run recomputes the same batch and upserts the same keys:
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import os
 import platform
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pandas as pd
@@ -160,32 +163,46 @@ def approve_batch(business_date: dt.date, warehouse: Warehouse | None = None) ->
     w.metadata.create_all(w.engine, checkfirst=True)
     t = w.lending
     batch = f"approve.{business_date:%Y%m%d}"
-    frames = w.read_frames(DEALER_COLUMNS, columns={**DEALER_COLUMNS, DEALERS: (*DEALER_COLUMNS[DEALERS], "status")})
-    apps = frames[APPLICATIONS]
-    # membership by Arrow's hash lookup (Series.isin on Arrow strings builds a Python list of the set)
-    pending = apps[positions(pd.Series(_pending_ids(w, batch, business_date), dtype=object), apps.application_id) >= 0]
-    pending = pending.sort_values("application_id").reset_index(drop=True)
-    if pending.empty:
-        return {"batch": batch, "decided": 0}
-    version, model = champion("dealer_pd")
-    feats = application_features(frames, pending)
-    names = feature_names("dealer_pd")
-    X = feats.loc[pending.application_id, names].astype("float64")
-    # an application whose vehicle is not published (its inventory row is quarantined or late)
-    # cannot be checked against the vehicle rules: it waits for a later batch, undecided
-    known = (X["vehicle_age_years"].notna() & X["mileage_km"].notna()).to_numpy()
-    waiting = int((~known).sum())
-    pending, X = pending[known].reset_index(drop=True), X[known]
-    if pending.empty:
-        return {"batch": batch, "decided": 0, "waiting_for_vehicle": waiting}
-    scores = model.predict(X.reset_index(drop=True))  # one batch call
+    with _side_by_side(w) as pool:
+        # the reads wait on the reader process or on SQLite (which release the GIL): they run
+        # side by side, the champion loads meanwhile (its failure surfaces only if it is needed)
+        read = pool.submit(w.read_frames, DEALER_COLUMNS,
+                           columns={**DEALER_COLUMNS, DEALERS: (*DEALER_COLUMNS[DEALERS], "status")})
+        pending_ids = pool.submit(_pending_ids, w, batch, business_date)
+        exposure = pool.submit(_dealer_exposure, w, batch)
+        loaded = pool.submit(champion, "dealer_pd")
+        frames = read.result()
+        apps = frames[APPLICATIONS]
+        # membership by Arrow's hash lookup (Series.isin on Arrow strings builds a Python list of the set)
+        pending = apps[positions(pd.Series(pending_ids.result(), dtype=object), apps.application_id) >= 0]
+        pending = pending.sort_values("application_id").reset_index(drop=True)
+        if pending.empty:
+            return {"batch": batch, "decided": 0}
+        # the VINs of every pending application: a superset of those decided below, so the same
+        # financed VINs among them
+        financed_vins = pool.submit(_financed_vins, w, batch, pending.vin.dropna().astype(str).unique().tolist())
+        feats = application_features(frames, pending)
+        names = feature_names("dealer_pd")
+        X = feats.loc[pending.application_id, names].astype("float64")
+        # an application whose vehicle is not published (its inventory row is quarantined or late)
+        # cannot be checked against the vehicle rules: it waits for a later batch, undecided
+        known = (X["vehicle_age_years"].notna() & X["mileage_km"].notna()).to_numpy()
+        waiting = int((~known).sum())
+        pending, X = pending[known].reset_index(drop=True), X[known]
+        if pending.empty:
+            return {"batch": batch, "decided": 0, "waiting_for_vehicle": waiting}
+        version, model = loaded.result()
+        X = X.reset_index(drop=True)
+        scoring = pool.submit(model.predict, X)  # one batch call; the feature hashes meanwhile
+        hashes = feature_hash(X).to_numpy()
+        dealers = _dealer_context(frames["dealer.dealers"], *exposure.result())
+        scores = scoring.result()
+        financed = financed_vins.result()
     scores.insert(0, "application_id", pending.application_id.to_numpy())
-    dealers = _dealer_context(w, frames["dealer.dealers"], batch)
     upsert_limits(w, pd.DataFrame({  # the limits disbursement checks again at posting time
         "borrower_type": "dealer", "borrower_id": dealers.dealer_id.astype(str),
         "limit_fen": dealers.city_tier.map(APPROVAL_POLICY_V1.dealer_limit_fen_by_city_tier).astype("int64"),
         "source": APPROVAL_POLICY_V1.version, "updated_at": _now()}))
-    financed = _financed_vins(w, batch, pending.vin.dropna().astype(str).unique().tolist())
     app_in = pd.DataFrame({
         "application_id": pending.application_id, "dealer_id": pending.dealer_id, "vin": pending.vin,
         "appraised_value_fen": pending.appraised_value_fen.astype("int64"),
@@ -193,7 +210,7 @@ def approve_batch(business_date: dt.date, warehouse: Warehouse | None = None) ->
         "applied_at": pending.applied_at.dt.strftime("%Y-%m-%dT%H:%M:%S"),
         "vehicle_age_years": X["vehicle_age_years"].to_numpy(), "mileage_km": X["mileage_km"].to_numpy(),
         "vin_financed": pending.vin.isin(financed).to_numpy(),
-        "feature_hash": feature_hash(X.reset_index(drop=True)).to_numpy(),
+        "feature_hash": hashes,
     })
     out = decide(app_in, scores, dealers, APPROVAL_POLICY_V1, model_version=str(version))
     out.insert(1, "decision_batch", batch)
@@ -220,6 +237,35 @@ def approve_batch(business_date: dt.date, warehouse: Warehouse | None = None) ->
     counts = out.decision.value_counts().to_dict()
     return {"batch": batch, "decided": int(len(out)), "waiting_for_vehicle": waiting, "model_version": str(version),
             **{k: int(v) for k, v in counts.items()}}
+
+
+@contextlib.contextmanager
+def _side_by_side(w: Warehouse) -> Iterator[ThreadPoolExecutor | _Deferred]:
+    """An executor for reads that can overlap: threads on a database file or server (each
+    thread's statements on a connection of its own); on an in-memory SQLite database (a
+    connection per thread would be a different database) each call runs in the calling thread
+    when its result is asked for, as without an executor. Leaving the block waits for what was
+    submitted."""
+    url = w.engine.url
+    if url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:"):
+        yield _Deferred()
+        return
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        yield pool
+
+
+class _Deferred:
+    """``submit`` of an executor whose calls run in the calling thread at ``result()``."""
+
+    class Call:
+        def __init__(self, fn, args, kwargs):
+            self.fn, self.args, self.kwargs = fn, args, kwargs
+
+        def result(self):
+            return self.fn(*self.args, **self.kwargs)
+
+    def submit(self, fn, /, *args, **kwargs) -> _Deferred.Call:
+        return self.Call(fn, args, kwargs)
 
 
 def _pending_ids(w: Warehouse, batch: str, business_date: dt.date) -> list[str]:
@@ -272,9 +318,9 @@ def _instructed(w: Warehouse, item_keys: list[str], prefix: str) -> set[str]:
     return found
 
 
-def _dealer_context(w: Warehouse, dealers: pd.DataFrame, batch: str) -> pd.DataFrame:
-    """blocked, frozen, city tier, outstanding exposure (decisions of other batches whose loan is
-    not repaid, and pending reviews) and the early-warning limit cut of every dealer."""
+def _dealer_exposure(w: Warehouse, batch: str) -> tuple[list, pd.DataFrame]:
+    """Per dealer, the outstanding exposure of decisions of other batches whose loan is not repaid
+    and of pending reviews (``(dealer_id, fen)`` rows), and the dealers' credit controls."""
     t = w.lending
     d, rq = t["loan_decisions"], t["review_queue"]
     pub = w.published(contract_table("dealer", "loan_repayments"))
@@ -292,6 +338,12 @@ def _dealer_context(w: Warehouse, dealers: pd.DataFrame, batch: str) -> pd.DataF
             d.c.dealer_id)).all()
         controls = pd.read_sql(sa.select(t["credit_controls"]).where(
             t["credit_controls"].c.borrower_type == "dealer"), conn)
+    return per_dealer, controls
+
+
+def _dealer_context(dealers: pd.DataFrame, per_dealer: list, controls: pd.DataFrame) -> pd.DataFrame:
+    """blocked, frozen, city tier, outstanding exposure and the early-warning limit cut of every
+    dealer (``per_dealer`` and ``controls`` as :func:`_dealer_exposure` reads them)."""
     outstanding = pd.Series({dealer: int(v) for dealer, v in per_dealer}, dtype="int64")
     ctx = pd.DataFrame({
         "dealer_id": dealers.dealer_id,
