@@ -445,9 +445,13 @@ def allocate_batch(interval_end: dt.datetime, warehouse: Warehouse | None = None
         paid = conn.execute(sa.select(sa.func.count()).select_from(pi).where(pi.c.source_batch == batch)).scalar_one()
     if paid:  # credits already paid out are final: a re-run does not allocate them again
         return {"batch": batch, "events": int(len(line_offs)), "already_disbursed": int(paid)}
-    frames = _published_frames(w, SUPPLIER_CREDIT_TABLES)
     as_of = interval_end.date()
-    version, model = champion("supplier_pd")
+    with _side_by_side(w) as pool:  # the exposure query (SQLite, without the GIL) and the champion
+        exposure = pool.submit(_supplier_exposure, w, batch, as_of)  # beside the ERP reads
+        loaded = pool.submit(champion, "supplier_pd")
+        frames = _published_frames(w, SUPPLIER_CREDIT_TABLES)
+        version, model = loaded.result()
+        exposure = exposure.result()
     sup = frames["erp.suppliers"]
     pds = _supplier_pd(frames, model, sup.supplier_id.tolist(), as_of)
     limits = supplier_limits(pds, CASCADE_POLICY_V1)
@@ -455,7 +459,7 @@ def allocate_batch(interval_end: dt.datetime, warehouse: Warehouse | None = None
                                    "limit_fen": limits.to_numpy(dtype="int64"),
                                    "source": f"{CASCADE_POLICY_V1.version}/supplier_pd v{version}",
                                    "updated_at": _now()}))
-    suppliers = _supplier_caps(w, frames, batch, as_of, limits)
+    suppliers = _supplier_caps(frames, as_of, limits, exposure)
     production = frames["erp.production"]
     production = production.loc[production.vin.isin(line_offs.vin), ["vin", "model_id"]]
     result = allocate(line_offs, production, frames["erp.bom"], frames["erp.sub_bom"],
@@ -607,12 +611,14 @@ def _store_credits(conn, t: dict[str, sa.Table], batch: str, credits: pd.DataFra
         sa.func.coalesce(ch.c.allocated_at, sa.literal(now, c.c.allocated_at.type)), sh.c.split_id,
     ).select_from(v.join(sh, sh.c.model_id == v.c.model_id).outerjoin(ch, ch.c.credit_id == credit_id)
                   ).order_by(v.c.pos, sh.c.pos)  # SQLite: the scan order of the keys, no sort
-    conn.execute(c.insert().from_select(
+    # the rows the statement inserted (the batch's rows were deleted above; a key already stored fails it)
+    written = conn.execute(c.insert().from_select(
         ["credit_id", "batch_id", "event_id", "vin", "model_id", "supplier_id", "tier", "share_fen", "amount_fen",
-         "capped_fen", "capped_by", "policy_version", "line_off_on", "allocated_at", "split_id"], rows))
+         "capped_fen", "capped_by", "policy_version", "line_off_on", "allocated_at", "split_id"], rows)).rowcount
     for table in tables.values():
         conn.execute(sa.text(_drop_temporary(conn, table)))
-    written = conn.execute(sa.select(sa.func.count()).select_from(c).where(c.c.batch_id == batch)).scalar_one()
+    if written < 0:  # DBAPI: the driver cannot tell (psycopg after an INSERT … SELECT): count them
+        written = conn.execute(sa.select(sa.func.count()).select_from(c).where(c.c.batch_id == batch)).scalar_one()
     if written != len(credits):
         raise LendingOpsError(f"supplier credits of {batch}: expected {len(credits)} rows written, got {written}")
 
@@ -716,12 +722,28 @@ def _supplier_pd(frames, model, supplier_ids: list[str], as_of: dt.date) -> pd.S
     return pd.Series(np.clip(scores["pd"].to_numpy(), 1e-6, 1.0), index=pd.Index(supplier_ids, name="supplier_id"))
 
 
-def _supplier_caps(w: Warehouse, frames, batch: str, as_of: dt.date, limits: pd.Series) -> pd.DataFrame:
+def _supplier_exposure(w: Warehouse, batch: str, as_of: dt.date) -> pd.Series:
+    """Current exposure per supplier: the amounts of other batches' credits of line-offs within
+    the credit term before ``as_of``."""
+    c = w.lending["supplier_credits"]
+    since = as_of - dt.timedelta(days=SUPPLIER_CREDIT_TERM_DAYS)
+    # grouped by an expression of supplier_id (NOT NULL: the same groups), so SQLite scans the table
+    # in order and sorts ~1.8 M small rows a day instead of visiting them in supplier order through
+    # ix_supplier_credits_supplier, one random page read each (several times slower, cold or warm)
+    supplier = sa.func.coalesce(c.c.supplier_id, sa.literal_column("''")).label("supplier_id")
+    with w.engine.connect() as conn:
+        exp = pd.read_sql(sa.select(supplier, sa.func.sum(c.c.amount_fen).label("exposure")).where(
+            c.c.batch_id != batch, c.c.line_off_on >= since).group_by(supplier), conn)
+    return exp.set_index("supplier_id")["exposure"] if len(exp) else pd.Series(dtype="int64")
+
+
+def _supplier_caps(frames, as_of: dt.date, limits: pd.Series, exposure: pd.Series) -> pd.DataFrame:
     """tier, limit, current exposure, OEM-confirmed unpaid payables and dilution ratio per supplier.
 
     Payables: a tier-1 supplier's confirmed payables due on or after ``as_of``; a tier-2
     supplier's share of those through the sub-BOM (receipt quantity × component quantity ×
-    component price). Dilution: credit memos / payables of the last 90 days (tier-1)."""
+    component price). Dilution: credit memos / payables of the last 90 days (tier-1). Exposure:
+    :func:`_supplier_exposure`."""
     sup = frames["erp.suppliers"][["supplier_id", "tier"]].copy()
     pay = frames["erp.payables"]
     day = pd.Timestamp(as_of)
@@ -738,16 +760,6 @@ def _supplier_caps(w: Warehouse, frames, batch: str, as_of: dt.date, limits: pd.
     memos = memos[memos.issued_at >= day - pd.Timedelta(days=DILUTION_WINDOW_DAYS)]
     pay_sum = recent.groupby("supplier_id").amount_fen.sum()
     dilution = (memos.groupby("supplier_id").amount_fen.sum() / pay_sum).reindex(pay_sum.index).fillna(0.0)
-    c = w.lending["supplier_credits"]
-    since = as_of - dt.timedelta(days=SUPPLIER_CREDIT_TERM_DAYS)
-    # grouped by an expression of supplier_id (NOT NULL: the same groups), so SQLite scans the table
-    # in order and sorts ~1.8 M small rows a day instead of visiting them in supplier order through
-    # ix_supplier_credits_supplier, one random page read each (several times slower, cold or warm)
-    supplier = sa.func.coalesce(c.c.supplier_id, sa.literal_column("''")).label("supplier_id")
-    with w.engine.connect() as conn:
-        exp = pd.read_sql(sa.select(supplier, sa.func.sum(c.c.amount_fen).label("exposure")).where(
-            c.c.batch_id != batch, c.c.line_off_on >= since).group_by(supplier), conn)
-    exposure = exp.set_index("supplier_id")["exposure"] if len(exp) else pd.Series(dtype="int64")
     sup["limit_fen"] = sup.supplier_id.map(limits).astype("int64")
     sup["exposure_fen"] = sup.supplier_id.map(exposure).fillna(0).astype("int64")
     sup["confirmed_payables_fen"] = sup.supplier_id.map(payables).fillna(0).astype("int64")
