@@ -680,9 +680,23 @@ def _stored_credits(conn, c: sa.Table, batch: str, vins: list[str]) -> pd.DataFr
     columns = (c.c.credit_id, c.c.batch_id, c.c.amount_fen, c.c.allocated_at)
     parts = list(conn.execute(sa.select(*columns).where(c.c.batch_id == batch)).all())
     if conn.dialect.name == "sqlite":  # the key's range of each vehicle (see lending_store)
-        for vin in vins:
-            parts.extend(conn.execute(sa.select(*columns).where(
-                c.c.credit_id >= f"{vin}:", c.c.credit_id < f"{vin};", c.c.batch_id != batch)).all())
+        # one statement, compiled once and run per vehicle on the driver's cursor (its statement
+        # cache): ~3,000 executions of a compiled SQLAlchemy select cost ~0.5 s of Python
+        compiled = sa.select(*columns).where(
+            c.c.credit_id >= sa.bindparam("lo"), c.c.credit_id < sa.bindparam("hi"),
+            c.c.batch_id != sa.bindparam("batch")).compile(dialect=conn.dialect)
+        sql, order = str(compiled), list(compiled.positiontup)  # the qmark placeholders' names, in order
+        when = c.c.allocated_at.type.dialect_impl(conn.dialect).result_processor(conn.dialect, None)
+        if not conn.in_transaction():  # SQLAlchemy's autobegin, which the driver cursor bypasses
+            conn.begin()
+        cursor = conn.connection.driver_connection.cursor()
+        try:
+            for vin in vins:
+                bound = {"lo": f"{vin}:", "hi": f"{vin};", "batch": batch}
+                parts.extend((cid, b, amount, when(at) if when else at) for cid, b, amount, at in
+                             cursor.execute(sql, [bound[k] for k in order]).fetchall())
+        finally:
+            cursor.close()
     else:
         for i in range(0, len(vins), 5_000):
             parts.extend(conn.execute(sa.select(*columns).where(
