@@ -694,7 +694,7 @@ def allocate(line_offs: pd.DataFrame, production: pd.DataFrame, bom: pd.DataFram
     credits["credit_id"] = credits["vin"].astype(str) + ":" + credits["supplier_id"].astype(str)
     credits["batch_id"] = batch_id
     credits["policy_version"] = policy.version
-    credits = credits.sort_values("credit_id", kind="mergesort", ignore_index=True)[list(CREDIT_COLUMNS)]
+    credits = credits.take(_credit_id_order(credits)).reset_index(drop=True)[list(CREDIT_COLUMNS)]
 
     used = set(credits["split_id"].unique())  # splits of models whose vehicles all failed are left out
     splits = pd.concat(lineages, ignore_index=True)
@@ -706,6 +706,27 @@ def allocate(line_offs: pd.DataFrame, production: pd.DataFrame, bom: pd.DataFram
                                           dtype=object, index=splits.index)
     splits = splits.astype({"line_value_fen": np.int64})[list(SPLIT_COLUMNS)]
     return Allocation(credits, splits, exceptions)
+
+
+def _credit_id_order(credits: pd.DataFrame) -> np.ndarray:
+    """Positions that sort ``credits`` by ``credit_id`` (``<vin>:<supplier_id>``, unique).
+
+    When every VIN has one length and no VIN holds a ':', that order is the order by (vin,
+    supplier_id): two ids of different VINs differ first inside the VINs, two of one VIN compare
+    their supplier ids. Then the ~3,000 VINs and ~700 suppliers are ranked as text and the 1.8 M
+    credits sorted by those integer ranks (a string sort of the ids costs ~1 s); otherwise by
+    the ids themselves."""
+    vin = credits["vin"].astype(str)
+    vin_codes, vins = pd.factorize(vin.to_numpy(dtype=object))
+    lengths = {len(v) for v in vins.tolist()}
+    if len(lengths) > 1 or any(":" in v for v in vins.tolist()):
+        return np.argsort(credits["credit_id"].to_numpy(dtype=object), kind="stable")
+    sup_codes, sups = pd.factorize(credits["supplier_id"].astype(str).to_numpy(dtype=object))
+    vin_rank = np.empty(len(vins), dtype=np.int64)
+    vin_rank[np.argsort(np.asarray(vins, dtype=object), kind="stable")] = np.arange(len(vins))
+    sup_rank = np.empty(len(sups), dtype=np.int64)
+    sup_rank[np.argsort(np.asarray(sups, dtype=object), kind="stable")] = np.arange(len(sups))
+    return np.lexsort((sup_rank[sup_codes], vin_rank[vin_codes]))
 
 
 def _supplier_caps(suppliers: pd.DataFrame, policy: CascadePolicy) -> pd.DataFrame:

@@ -35,24 +35,52 @@ def bulk_insert(conn, table: sa.Table, columns: dict[str, list], const: dict[str
     """Insert one row per position of ``columns`` (name → list of plain values), each row also
     getting ``const``: plain tuples through the DBAPI ``executemany`` (PostgreSQL: ``COPY``, whose
     psycopg ``executemany`` costs ~30 µs of Python a row), so SQLAlchemy does not build and process
-    a parameter dict per row. Constraints and triggers apply as to any insert."""
+    a parameter dict per row. Each column's bind conversion runs once per distinct value, and on
+    SQLite the rows are streamed to ``executemany`` (no list of millions of tuples). Constraints
+    and triggers apply as to any insert."""
     if not columns or not len(next(iter(columns.values()))):
         return
 
     names = [*columns, *const]
     q = conn.dialect.identifier_preparer
     into = f"{q.format_table(table)} ({', '.join(q.quote(n) for n in names)})"
+    if not conn.in_transaction():  # SQLAlchemy's autobegin, which the driver cursors below bypass:
+        conn.begin()  # else the caller's commit() would not commit these rows
     if conn.dialect.name == "postgresql":  # psycopg adapts the Python values itself
         rows = zip(*columns.values(), *map(repeat, const.values()))
         with conn.connection.driver_connection.cursor() as cur, cur.copy(f"COPY {into} FROM STDIN") as copy:
             for row in rows:
                 copy.write_row(row)
         return
-    bind = {n: table.c[n].type.dialect_impl(conn.dialect).bind_processor(conn.dialect) for n in names}
-    varying = [v if bind[n] is None else list(map(bind[n], v)) for n, v in columns.items()]
-    fixed = [v if bind[n] is None else bind[n](v) for n, v in const.items()]  # e.g. a datetime for SQLite
-    rows = list(zip(*varying, *map(repeat, fixed)))
-    conn.exec_driver_sql(f"INSERT INTO {into} VALUES ({', '.join([placeholder(conn)] * len(names))})", rows)
+    varying = [_bound(conn, table.c[n], v) for n, v in columns.items()]
+    fixed = [_bound(conn, table.c[n], [v])[0] for n, v in const.items()]  # e.g. a datetime for SQLite
+    rows = zip(*varying, *map(repeat, fixed))
+    sql = f"INSERT INTO {into} VALUES ({', '.join([placeholder(conn)] * len(names))})"
+    if conn.dialect.name == "sqlite":  # sqlite3 takes an iterator: no list of millions of tuples
+        cursor = conn.connection.driver_connection.cursor()
+        try:
+            cursor.executemany(sql, rows)
+        finally:
+            cursor.close()
+        return
+    conn.exec_driver_sql(sql, list(rows))
+
+
+# types whose Python values may be unhashable (dicts, lists): bound value by value, not memoised
+_UNHASHABLE = (sa.JSON, sa.PickleType, sa.ARRAY)
+
+
+def _bound(conn, column: sa.Column, values: list) -> list:
+    """``values`` through the column type's bind processor for this dialect (the values themselves
+    when it has none, e.g. text and integers), each distinct value converted once: the columns
+    that have one (dates, timestamps) repeat few values over many rows (a batch's day, its time)."""
+    process = column.type.dialect_impl(conn.dialect).bind_processor(conn.dialect)
+    if process is None:
+        return values
+    if isinstance(column.type, _UNHASHABLE):
+        return list(map(process, values))
+    memo: dict = {}
+    return [memo[v] if v in memo else memo.setdefault(v, process(v)) for v in values]
 
 
 def plain_values(series: pd.Series) -> list:

@@ -12,16 +12,20 @@ stored, so a re-run recomputes the same batch and upserts the same keys:
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
 import os
 import platform
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 
 from chainlend import settings
+from chainlend.bulk import bulk_insert
 from chainlend.disbursement_ops import upsert_limits
 from chainlend.systems import Warehouse, insert_rows
 from sources.contract import table as contract_table
@@ -159,32 +163,46 @@ def approve_batch(business_date: dt.date, warehouse: Warehouse | None = None) ->
     w.metadata.create_all(w.engine, checkfirst=True)
     t = w.lending
     batch = f"approve.{business_date:%Y%m%d}"
-    frames = w.read_frames(DEALER_COLUMNS, columns={**DEALER_COLUMNS, DEALERS: (*DEALER_COLUMNS[DEALERS], "status")})
-    apps = frames[APPLICATIONS]
-    # membership by Arrow's hash lookup (Series.isin on Arrow strings builds a Python list of the set)
-    pending = apps[positions(pd.Series(_pending_ids(w, batch, business_date), dtype=object), apps.application_id) >= 0]
-    pending = pending.sort_values("application_id").reset_index(drop=True)
-    if pending.empty:
-        return {"batch": batch, "decided": 0}
-    version, model = champion("dealer_pd")
-    feats = application_features(frames, pending)
-    names = feature_names("dealer_pd")
-    X = feats.loc[pending.application_id, names].astype("float64")
-    # an application whose vehicle is not published (its inventory row is quarantined or late)
-    # cannot be checked against the vehicle rules: it waits for a later batch, undecided
-    known = (X["vehicle_age_years"].notna() & X["mileage_km"].notna()).to_numpy()
-    waiting = int((~known).sum())
-    pending, X = pending[known].reset_index(drop=True), X[known]
-    if pending.empty:
-        return {"batch": batch, "decided": 0, "waiting_for_vehicle": waiting}
-    scores = model.predict(X.reset_index(drop=True))  # one batch call
+    with _side_by_side(w) as pool:
+        # the reads wait on the reader process or on SQLite (which release the GIL): they run
+        # side by side, the champion loads meanwhile (its failure surfaces only if it is needed)
+        read = pool.submit(w.read_frames, DEALER_COLUMNS,
+                           columns={**DEALER_COLUMNS, DEALERS: (*DEALER_COLUMNS[DEALERS], "status")})
+        pending_ids = pool.submit(_pending_ids, w, batch, business_date)
+        exposure = pool.submit(_dealer_exposure, w, batch)
+        loaded = pool.submit(champion, "dealer_pd")
+        frames = read.result()
+        apps = frames[APPLICATIONS]
+        # membership by Arrow's hash lookup (Series.isin on Arrow strings builds a Python list of the set)
+        pending = apps[positions(pd.Series(pending_ids.result(), dtype=object), apps.application_id) >= 0]
+        pending = pending.sort_values("application_id").reset_index(drop=True)
+        if pending.empty:
+            return {"batch": batch, "decided": 0}
+        # the VINs of every pending application: a superset of those decided below, so the same
+        # financed VINs among them
+        financed_vins = pool.submit(_financed_vins, w, batch, pending.vin.dropna().astype(str).unique().tolist())
+        feats = application_features(frames, pending)
+        names = feature_names("dealer_pd")
+        X = feats.loc[pending.application_id, names].astype("float64")
+        # an application whose vehicle is not published (its inventory row is quarantined or late)
+        # cannot be checked against the vehicle rules: it waits for a later batch, undecided
+        known = (X["vehicle_age_years"].notna() & X["mileage_km"].notna()).to_numpy()
+        waiting = int((~known).sum())
+        pending, X = pending[known].reset_index(drop=True), X[known]
+        if pending.empty:
+            return {"batch": batch, "decided": 0, "waiting_for_vehicle": waiting}
+        version, model = loaded.result()
+        X = X.reset_index(drop=True)
+        scoring = pool.submit(model.predict, X)  # one batch call; the feature hashes meanwhile
+        hashes = feature_hash(X).to_numpy()
+        dealers = _dealer_context(frames["dealer.dealers"], *exposure.result())
+        scores = scoring.result()
+        financed = financed_vins.result()
     scores.insert(0, "application_id", pending.application_id.to_numpy())
-    dealers = _dealer_context(w, frames["dealer.dealers"], batch)
     upsert_limits(w, pd.DataFrame({  # the limits disbursement checks again at posting time
         "borrower_type": "dealer", "borrower_id": dealers.dealer_id.astype(str),
         "limit_fen": dealers.city_tier.map(APPROVAL_POLICY_V1.dealer_limit_fen_by_city_tier).astype("int64"),
         "source": APPROVAL_POLICY_V1.version, "updated_at": _now()}))
-    financed = _financed_vins(w, batch, pending.vin.dropna().astype(str).unique().tolist())
     app_in = pd.DataFrame({
         "application_id": pending.application_id, "dealer_id": pending.dealer_id, "vin": pending.vin,
         "appraised_value_fen": pending.appraised_value_fen.astype("int64"),
@@ -192,7 +210,7 @@ def approve_batch(business_date: dt.date, warehouse: Warehouse | None = None) ->
         "applied_at": pending.applied_at.dt.strftime("%Y-%m-%dT%H:%M:%S"),
         "vehicle_age_years": X["vehicle_age_years"].to_numpy(), "mileage_km": X["mileage_km"].to_numpy(),
         "vin_financed": pending.vin.isin(financed).to_numpy(),
-        "feature_hash": feature_hash(X.reset_index(drop=True)).to_numpy(),
+        "feature_hash": hashes,
     })
     out = decide(app_in, scores, dealers, APPROVAL_POLICY_V1, model_version=str(version))
     out.insert(1, "decision_batch", batch)
@@ -219,6 +237,35 @@ def approve_batch(business_date: dt.date, warehouse: Warehouse | None = None) ->
     counts = out.decision.value_counts().to_dict()
     return {"batch": batch, "decided": int(len(out)), "waiting_for_vehicle": waiting, "model_version": str(version),
             **{k: int(v) for k, v in counts.items()}}
+
+
+@contextlib.contextmanager
+def _side_by_side(w: Warehouse) -> Iterator[ThreadPoolExecutor | _Deferred]:
+    """An executor for reads that can overlap: threads on a database file or server (each
+    thread's statements on a connection of its own); on an in-memory SQLite database (a
+    connection per thread would be a different database) each call runs in the calling thread
+    when its result is asked for, as without an executor. Leaving the block waits for what was
+    submitted."""
+    url = w.engine.url
+    if url.get_backend_name() == "sqlite" and url.database in (None, "", ":memory:"):
+        yield _Deferred()
+        return
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        yield pool
+
+
+class _Deferred:
+    """``submit`` of an executor whose calls run in the calling thread at ``result()``."""
+
+    class Call:
+        def __init__(self, fn, args, kwargs):
+            self.fn, self.args, self.kwargs = fn, args, kwargs
+
+        def result(self):
+            return self.fn(*self.args, **self.kwargs)
+
+    def submit(self, fn, /, *args, **kwargs) -> _Deferred.Call:
+        return self.Call(fn, args, kwargs)
 
 
 def _pending_ids(w: Warehouse, batch: str, business_date: dt.date) -> list[str]:
@@ -271,9 +318,9 @@ def _instructed(w: Warehouse, item_keys: list[str], prefix: str) -> set[str]:
     return found
 
 
-def _dealer_context(w: Warehouse, dealers: pd.DataFrame, batch: str) -> pd.DataFrame:
-    """blocked, frozen, city tier, outstanding exposure (decisions of other batches whose loan is
-    not repaid, and pending reviews) and the early-warning limit cut of every dealer."""
+def _dealer_exposure(w: Warehouse, batch: str) -> tuple[list, pd.DataFrame]:
+    """Per dealer, the outstanding exposure of decisions of other batches whose loan is not repaid
+    and of pending reviews (``(dealer_id, fen)`` rows), and the dealers' credit controls."""
     t = w.lending
     d, rq = t["loan_decisions"], t["review_queue"]
     pub = w.published(contract_table("dealer", "loan_repayments"))
@@ -291,6 +338,12 @@ def _dealer_context(w: Warehouse, dealers: pd.DataFrame, batch: str) -> pd.DataF
             d.c.dealer_id)).all()
         controls = pd.read_sql(sa.select(t["credit_controls"]).where(
             t["credit_controls"].c.borrower_type == "dealer"), conn)
+    return per_dealer, controls
+
+
+def _dealer_context(dealers: pd.DataFrame, per_dealer: list, controls: pd.DataFrame) -> pd.DataFrame:
+    """blocked, frozen, city tier, outstanding exposure and the early-warning limit cut of every
+    dealer (``per_dealer`` and ``controls`` as :func:`_dealer_exposure` reads them)."""
     outstanding = pd.Series({dealer: int(v) for dealer, v in per_dealer}, dtype="int64")
     ctx = pd.DataFrame({
         "dealer_id": dealers.dealer_id,
@@ -392,9 +445,13 @@ def allocate_batch(interval_end: dt.datetime, warehouse: Warehouse | None = None
         paid = conn.execute(sa.select(sa.func.count()).select_from(pi).where(pi.c.source_batch == batch)).scalar_one()
     if paid:  # credits already paid out are final: a re-run does not allocate them again
         return {"batch": batch, "events": int(len(line_offs)), "already_disbursed": int(paid)}
-    frames = _published_frames(w, SUPPLIER_CREDIT_TABLES)
     as_of = interval_end.date()
-    version, model = champion("supplier_pd")
+    with _side_by_side(w) as pool:  # the exposure query (SQLite, without the GIL) and the champion
+        exposure = pool.submit(_supplier_exposure, w, batch, as_of)  # beside the ERP reads
+        loaded = pool.submit(champion, "supplier_pd")
+        frames = _published_frames(w, SUPPLIER_CREDIT_TABLES)
+        version, model = loaded.result()
+        exposure = exposure.result()
     sup = frames["erp.suppliers"]
     pds = _supplier_pd(frames, model, sup.supplier_id.tolist(), as_of)
     limits = supplier_limits(pds, CASCADE_POLICY_V1)
@@ -402,7 +459,7 @@ def allocate_batch(interval_end: dt.datetime, warehouse: Warehouse | None = None
                                    "limit_fen": limits.to_numpy(dtype="int64"),
                                    "source": f"{CASCADE_POLICY_V1.version}/supplier_pd v{version}",
                                    "updated_at": _now()}))
-    suppliers = _supplier_caps(w, frames, batch, as_of, limits)
+    suppliers = _supplier_caps(frames, as_of, limits, exposure)
     production = frames["erp.production"]
     production = production.loc[production.vin.isin(line_offs.vin), ["vin", "model_id"]]
     result = allocate(line_offs, production, frames["erp.bom"], frames["erp.sub_bom"],
@@ -543,7 +600,7 @@ def _store_credits(conn, t: dict[str, sa.Table], batch: str, credits: pd.DataFra
         tables[name] = _staging_table(conn, f"tmp_sc_{name}", [
             sa.Column(n, sa.Integer if n == "pos" else c.c[n].type, primary_key=n in keys[name],
                       autoincrement=False, nullable=(n in ("capped_by", "allocated_at"))) for n in names])
-        _insert_columns(conn, tables[name], values, {})
+        bulk_insert(conn, tables[name], values, {})
     v, sh, ch = tables["vehicles"], tables["shares"], tables["changed"]
     credit_id = v.c.vin + ":" + sh.c.supplier_id
     rows = sa.select(
@@ -554,12 +611,14 @@ def _store_credits(conn, t: dict[str, sa.Table], batch: str, credits: pd.DataFra
         sa.func.coalesce(ch.c.allocated_at, sa.literal(now, c.c.allocated_at.type)), sh.c.split_id,
     ).select_from(v.join(sh, sh.c.model_id == v.c.model_id).outerjoin(ch, ch.c.credit_id == credit_id)
                   ).order_by(v.c.pos, sh.c.pos)  # SQLite: the scan order of the keys, no sort
-    conn.execute(c.insert().from_select(
+    # the rows the statement inserted (the batch's rows were deleted above; a key already stored fails it)
+    written = conn.execute(c.insert().from_select(
         ["credit_id", "batch_id", "event_id", "vin", "model_id", "supplier_id", "tier", "share_fen", "amount_fen",
-         "capped_fen", "capped_by", "policy_version", "line_off_on", "allocated_at", "split_id"], rows))
+         "capped_fen", "capped_by", "policy_version", "line_off_on", "allocated_at", "split_id"], rows)).rowcount
     for table in tables.values():
         conn.execute(sa.text(_drop_temporary(conn, table)))
-    written = conn.execute(sa.select(sa.func.count()).select_from(c).where(c.c.batch_id == batch)).scalar_one()
+    if written < 0:  # DBAPI: the driver cannot tell (psycopg after an INSERT … SELECT): count them
+        written = conn.execute(sa.select(sa.func.count()).select_from(c).where(c.c.batch_id == batch)).scalar_one()
     if written != len(credits):
         raise LendingOpsError(f"supplier credits of {batch}: expected {len(credits)} rows written, got {written}")
 
@@ -621,9 +680,23 @@ def _stored_credits(conn, c: sa.Table, batch: str, vins: list[str]) -> pd.DataFr
     columns = (c.c.credit_id, c.c.batch_id, c.c.amount_fen, c.c.allocated_at)
     parts = list(conn.execute(sa.select(*columns).where(c.c.batch_id == batch)).all())
     if conn.dialect.name == "sqlite":  # the key's range of each vehicle (see lending_store)
-        for vin in vins:
-            parts.extend(conn.execute(sa.select(*columns).where(
-                c.c.credit_id >= f"{vin}:", c.c.credit_id < f"{vin};", c.c.batch_id != batch)).all())
+        # one statement, compiled once and run per vehicle on the driver's cursor (its statement
+        # cache): ~3,000 executions of a compiled SQLAlchemy select cost ~0.5 s of Python
+        compiled = sa.select(*columns).where(
+            c.c.credit_id >= sa.bindparam("lo"), c.c.credit_id < sa.bindparam("hi"),
+            c.c.batch_id != sa.bindparam("batch")).compile(dialect=conn.dialect)
+        sql, order = str(compiled), list(compiled.positiontup)  # the qmark placeholders' names, in order
+        when = c.c.allocated_at.type.dialect_impl(conn.dialect).result_processor(conn.dialect, None)
+        if not conn.in_transaction():  # SQLAlchemy's autobegin, which the driver cursor bypasses
+            conn.begin()
+        cursor = conn.connection.driver_connection.cursor()
+        try:
+            for vin in vins:
+                bound = {"lo": f"{vin}:", "hi": f"{vin};", "batch": batch}
+                parts.extend((cid, b, amount, when(at) if when else at) for cid, b, amount, at in
+                             cursor.execute(sql, [bound[k] for k in order]).fetchall())
+        finally:
+            cursor.close()
     else:
         for i in range(0, len(vins), 5_000):
             parts.extend(conn.execute(sa.select(*columns).where(
@@ -645,48 +718,12 @@ def _store_splits(conn, table: sa.Table, splits: pd.DataFrame) -> int:
     if new.empty:
         return 0
     sub = new.sub_bom_line_id.to_numpy(dtype=object)
-    _insert_columns(conn, table, {
+    bulk_insert(conn, table, {
         "split_id": new.split_id.tolist(), "bom_line_id": new.bom_line_id.tolist(),
         "sub_bom_line_id": np.where(pd.isna(sub), "", sub).tolist(), "model_id": new.model_id.tolist(),
         "structure_hash": new.structure_hash.tolist(), "supplier_id": new.supplier_id.tolist(),
         "line_value_fen": new.line_value_fen.to_numpy(dtype=np.int64).tolist()}, {})
     return len(new)
-
-
-def _insert_columns(conn, table: sa.Table, columns: dict[str, list], const: dict[str, object]) -> None:
-    """Insert one row per position of ``columns`` (name → list of plain Python values), each row
-    also getting ``const``, without SQLAlchemy's per-row parameter dicts. PostgreSQL (``COPY``)
-    and MariaDB (DBAPI ``executemany``): :func:`chainlend.bulk.bulk_insert`. SQLite:
-    the column types' bind processing (dates and times to text) once per distinct value, and the
-    rows streamed to sqlite3's ``executemany`` (no list of millions of tuples)."""
-    from itertools import repeat
-
-    from chainlend.bulk import bulk_insert
-
-    if conn.dialect.name != "sqlite":
-        bulk_insert(conn, table, columns, const)
-        return
-    if not columns or not len(next(iter(columns.values()))):
-        return
-
-    def bound(name: str, values: list) -> list:
-        process = table.c[name].type.dialect_impl(conn.dialect).bind_processor(conn.dialect)
-        if process is None:
-            return values
-        memo: dict = {}
-        return [memo[v] if v in memo else memo.setdefault(v, process(v)) for v in values]
-
-    names = [*columns, *const]
-    q = conn.dialect.identifier_preparer
-    varying = [bound(n, v) for n, v in columns.items()]
-    fixed = [bound(n, [v])[0] for n, v in const.items()]
-    sql = (f"INSERT INTO {q.format_table(table)} ({', '.join(q.quote(n) for n in names)}) "
-           f"VALUES ({', '.join(['?'] * len(names))})")
-    cursor = conn.connection.driver_connection.cursor()
-    try:
-        cursor.executemany(sql, zip(*varying, *map(repeat, fixed)))
-    finally:
-        cursor.close()
 
 
 def _supplier_pd(frames, model, supplier_ids: list[str], as_of: dt.date) -> pd.Series:
@@ -699,12 +736,28 @@ def _supplier_pd(frames, model, supplier_ids: list[str], as_of: dt.date) -> pd.S
     return pd.Series(np.clip(scores["pd"].to_numpy(), 1e-6, 1.0), index=pd.Index(supplier_ids, name="supplier_id"))
 
 
-def _supplier_caps(w: Warehouse, frames, batch: str, as_of: dt.date, limits: pd.Series) -> pd.DataFrame:
+def _supplier_exposure(w: Warehouse, batch: str, as_of: dt.date) -> pd.Series:
+    """Current exposure per supplier: the amounts of other batches' credits of line-offs within
+    the credit term before ``as_of``."""
+    c = w.lending["supplier_credits"]
+    since = as_of - dt.timedelta(days=SUPPLIER_CREDIT_TERM_DAYS)
+    # grouped by an expression of supplier_id (NOT NULL: the same groups), so SQLite scans the table
+    # in order and sorts ~1.8 M small rows a day instead of visiting them in supplier order through
+    # ix_supplier_credits_supplier, one random page read each (several times slower, cold or warm)
+    supplier = sa.func.coalesce(c.c.supplier_id, sa.literal_column("''")).label("supplier_id")
+    with w.engine.connect() as conn:
+        exp = pd.read_sql(sa.select(supplier, sa.func.sum(c.c.amount_fen).label("exposure")).where(
+            c.c.batch_id != batch, c.c.line_off_on >= since).group_by(supplier), conn)
+    return exp.set_index("supplier_id")["exposure"] if len(exp) else pd.Series(dtype="int64")
+
+
+def _supplier_caps(frames, as_of: dt.date, limits: pd.Series, exposure: pd.Series) -> pd.DataFrame:
     """tier, limit, current exposure, OEM-confirmed unpaid payables and dilution ratio per supplier.
 
     Payables: a tier-1 supplier's confirmed payables due on or after ``as_of``; a tier-2
     supplier's share of those through the sub-BOM (receipt quantity × component quantity ×
-    component price). Dilution: credit memos / payables of the last 90 days (tier-1)."""
+    component price). Dilution: credit memos / payables of the last 90 days (tier-1). Exposure:
+    :func:`_supplier_exposure`."""
     sup = frames["erp.suppliers"][["supplier_id", "tier"]].copy()
     pay = frames["erp.payables"]
     day = pd.Timestamp(as_of)
@@ -721,16 +774,6 @@ def _supplier_caps(w: Warehouse, frames, batch: str, as_of: dt.date, limits: pd.
     memos = memos[memos.issued_at >= day - pd.Timedelta(days=DILUTION_WINDOW_DAYS)]
     pay_sum = recent.groupby("supplier_id").amount_fen.sum()
     dilution = (memos.groupby("supplier_id").amount_fen.sum() / pay_sum).reindex(pay_sum.index).fillna(0.0)
-    c = w.lending["supplier_credits"]
-    since = as_of - dt.timedelta(days=SUPPLIER_CREDIT_TERM_DAYS)
-    # grouped by an expression of supplier_id (NOT NULL: the same groups), so SQLite scans the table
-    # in order and sorts ~1.8 M small rows a day instead of visiting them in supplier order through
-    # ix_supplier_credits_supplier, one random page read each (several times slower, cold or warm)
-    supplier = sa.func.coalesce(c.c.supplier_id, sa.literal_column("''")).label("supplier_id")
-    with w.engine.connect() as conn:
-        exp = pd.read_sql(sa.select(supplier, sa.func.sum(c.c.amount_fen).label("exposure")).where(
-            c.c.batch_id != batch, c.c.line_off_on >= since).group_by(supplier), conn)
-    exposure = exp.set_index("supplier_id")["exposure"] if len(exp) else pd.Series(dtype="int64")
     sup["limit_fen"] = sup.supplier_id.map(limits).astype("int64")
     sup["exposure_fen"] = sup.supplier_id.map(exposure).fillna(0).astype("int64")
     sup["confirmed_payables_fen"] = sup.supplier_id.map(payables).fillna(0).astype("int64")

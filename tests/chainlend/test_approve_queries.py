@@ -102,7 +102,7 @@ def test_pending_is_the_anti_join_of_the_pandas_selection(world):
 
 def test_outstanding_exposure_per_dealer(world):
     dealers = pd.DataFrame({"dealer_id": ["D0", "D1", "D2", "D3", "D9"], "status": "active", "city_tier": 1})
-    ctx = lending_ops._dealer_context(world, dealers, BATCH).set_index("dealer_id")
+    ctx = lending_ops._dealer_context(dealers, *lending_ops._dealer_exposure(world, BATCH)).set_index("dealer_id")
     # other batches' live loans: 4 approved 50 (D0), 5 reduced 40 (D1), 8 review approved at 33 but
     # repaid (D0), 10 review declined (D2), 11 review pending 62 (D3), 13 approved repaid (D1),
     # 14 approved 64 (D2), 16 reduced 65 (D0); this batch's own decisions do not count

@@ -395,3 +395,15 @@ def test_policy_accepts_numpy_numbers_and_hashes_them_like_python_ones():
     fields = {**dataclasses.asdict(CASCADE_POLICY_V1), "el_budget_fen": np.int64(5_000_000),
               "advance_rate": np.float64(0.7)}
     assert policy_hash(load_cascade_policy(fields)) == policy_hash(CASCADE_POLICY_V1)
+
+
+@pytest.mark.parametrize("vins", [["V2", "V1", "V3"],  # one length: sorted by integer ranks
+                                  ["V1", "V10", "V1:"],  # "V1:" < "V10" as ids only when the ':' is compared
+                                  ["V9", "V10", "V1"]])
+def test_credits_are_in_credit_id_order_whatever_the_vins(vins):
+    production = pd.DataFrame({"vin": vins, "model_id": "M1"})
+    out = allocate(events(*[(f"E{i}", v, i, True, None) for i, v in enumerate(vins)]), production, BOM, SUB_BOM,
+                   suppliers(), CASCADE_POLICY_V1, batch_id="B1")
+    ids = out.credits.credit_id.tolist()
+    assert ids == sorted(ids) and len(ids) == 4 * len(vins)
+    assert ids == sorted(f"{v}:{s}" for v in vins for s in ("S1", "S2", "T1", "T2"))
