@@ -7,6 +7,7 @@ tests use the real implementation against real databases and only choose the con
 from __future__ import annotations
 
 import datetime as dt
+import threading
 from collections.abc import Iterable, Iterator, Mapping
 
 import sqlalchemy as sa
@@ -170,6 +171,9 @@ class Warehouse:
         self.lending = lending_store.define(self.metadata)
         self._landing: dict[tuple[str, str], sa.Table] = {}
         self._published: dict[tuple[str, str], sa.Table] = {}
+        # approval and allocation read through one Warehouse from several threads
+        # (lending_ops._side_by_side): two first uses of a published table must not both define it
+        self._define_lock = threading.Lock()
 
     @classmethod
     def from_url(cls, url: str | sa.URL) -> Warehouse:
@@ -199,7 +203,11 @@ class Warehouse:
     def published(self, contract: Table) -> sa.Table:
         """The published table: rows that passed the gate, one per key (latest batch wins)."""
         key = (contract.source, contract.name)
-        if key not in self._published:
+        if key in self._published:
+            return self._published[key]
+        with self._define_lock:
+            if key in self._published:
+                return self._published[key]
             name = f"published_{contract.source}_{contract.name}"
             self._published[key] = sa_table(
                 contract, self.metadata, name=name,
