@@ -243,19 +243,103 @@ def _write_behaviour(business_date: dt.date, version: str, X: pd.DataFrame, pds:
     in both tasks, and computing them is a large part of each. The files of other dates are
     removed (a run needs only its own; a re-run of a date rewrites it)."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
-    path = _behaviour_path(business_date)
-    path.parent.mkdir(parents=True, exist_ok=True)
     table = pa.Table.from_pandas(X.assign(pd=np.asarray(pds, dtype=np.float64)), preserve_index=False)
     table = table.replace_schema_metadata({**(table.schema.metadata or {}), b"model_version": version.encode()})
+    return _write_side(_behaviour_path(business_date), "behaviour", table)
+
+
+def _write_side(path: Path, stem: str, table) -> Path:
+    """Write the Arrow ``table`` to ``path`` atomically (a reader sees the whole file or none) and
+    remove the files ``<stem>_*.parquet`` of other dates beside it."""
+    import pyarrow.parquet as pq
+
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     pq.write_table(table, tmp)
-    os.replace(tmp, path)  # a reader sees the whole file or none
-    for old in path.parent.glob("behaviour_*.parquet"):
+    os.replace(tmp, path)
+    for old in path.parent.glob(f"{stem}_*.parquet"):
         if old != path:
             old.unlink(missing_ok=True)
     return path
+
+
+# the populations monitor_models measures, besides the behaviour book: the features of the
+# dealer_pd and supplier_pd populations and the matured labels (early_warning's side files)
+POPULATION_FAMILIES = ("dealer_pd", "supplier_pd")
+LABELS = "labels"
+
+
+@dataclass(frozen=True)
+class Populations:
+    """What :func:`monitor_models` computes from the published tables, as :func:`early_warning`
+    computed it from the same tables: each family's current population (float64, the columns
+    ``feature_names(family)``) and the matured labels (bad 1/0 by application id)."""
+
+    features: dict[str, pd.DataFrame]
+    labels: pd.Series
+
+
+def _population_path(name: str, business_date: dt.date) -> Path:
+    from chainlend import settings
+
+    return settings.var_dir() / BEHAVIOUR_FOLDER / f"{name}_{business_date:%Y%m%d}.parquet"
+
+
+def _write_populations(business_date: dt.date, features: dict[str, pd.DataFrame], labels: pd.Series) -> dict:
+    """Hand :func:`monitor_models` the dealer_pd and supplier_pd populations' features and the
+    matured labels through Parquet files (XCom carries their paths): they are the same in both
+    tasks, and reading the published tables again for them was most of monitor_models' time.
+    The files of other dates are removed. Returns ``{name: path}``."""
+    import pyarrow as pa
+
+    paths = {family: str(_write_side(_population_path(family, business_date), family,
+                                     pa.Table.from_pandas(features[family], preserve_index=False)))
+             for family in POPULATION_FAMILIES}
+    frame = pd.DataFrame({"application_id": labels.index.to_numpy(dtype=object),
+                          "bad": labels.to_numpy(dtype=np.int64)})
+    paths[LABELS] = str(_write_side(_population_path(LABELS, business_date), LABELS,
+                                    pa.Table.from_pandas(frame, preserve_index=False)))
+    return paths
+
+
+def _read_populations(paths: dict) -> Populations:
+    """The files of :func:`_write_populations`."""
+    import pyarrow.parquet as pq
+
+    missing = [p for p in (paths.get(n) for n in (*POPULATION_FAMILIES, LABELS)) if p is None or not os.path.exists(p)]
+    if missing:
+        raise FileNotFoundError(f"the population file(s) {missing} of early_warning are missing (given {paths}); "
+                                f"re-run early_warning for this business date")
+    features = {family: pq.read_table(paths[family]).to_pandas() for family in POPULATION_FAMILIES}
+    lab = pq.read_table(paths[LABELS]).to_pandas()
+    labels = pd.Series(lab["bad"].to_numpy(dtype=np.int64), index=lab["application_id"].to_numpy(dtype=object))
+    return Populations(features, labels)
+
+
+def _population_features(family: str, frames: dict, as_of: dt.date) -> pd.DataFrame:
+    """The features (float64, ``feature_names(family)``, rows from 0) of the population the
+    ``family`` champion scores at ``as_of``: dealer_pd the applications of the last
+    ``DEALER_MONITOR_DAYS`` days, supplier_pd every supplier."""
+    from features.definitions import feature_names
+
+    names = list(feature_names(family))
+    day = pd.Timestamp(as_of)
+    if family == "dealer_pd":
+        from features.dealer import application_features
+
+        apps = frames["dealer.loan_applications"]
+        recent = apps[(apps.updated_at < day) & (apps.applied_at < day)
+                      & (apps.applied_at >= day - pd.Timedelta(days=DEALER_MONITOR_DAYS))]
+        feats = application_features(frames, recent.drop_duplicates("application_id"))
+    elif family == "supplier_pd":
+        from features.supplier import supplier_features
+
+        ids = frames["erp.suppliers"].supplier_id.astype(str).tolist()
+        feats = supplier_features(frames, ids, [as_of])
+    else:
+        raise ValueError(f"no population builder for family {family!r}")
+    return feats[names].astype("float64").reset_index(drop=True)
 
 
 def _read_behaviour(path: str, version: str) -> Behaviour | None:
@@ -300,14 +384,17 @@ def _early_warning(business_date: dt.date, warehouse: Warehouse | None) -> dict:
     scored = pd.DataFrame(columns=["as_of", "application_id", "dealer_id", "pd", "model_version"])
     if len(loans):
         feats = post_loan_features(frames, pd.DataFrame({"application_id": loans.application_id.to_numpy(),
-                                                         "as_of": pd.Timestamp(as_of)}))
-        X = feats[feature_names("post_loan_behaviour")].astype("float64").reset_index(drop=True)
+                                                         "as_of": pd.Timestamp(as_of)}), indexed=False)
+        X = feats[feature_names("post_loan_behaviour")].astype("float64")
         pds = _pd_only(model, X)
         scored = pd.DataFrame({"as_of": business_date, "application_id": loans.application_id.to_numpy(),
                                "dealer_id": loans.dealer_id.to_numpy(), "pd": pds, "model_version": str(version)})
     else:
         X, pds = pd.DataFrame(columns=list(feature_names("post_loan_behaviour")), dtype="float64"), np.zeros(0)
     behaviour_file = _write_behaviour(business_date, str(version), X, pds)
+    population_files = _write_populations(
+        business_date, {family: _population_features(family, frames, as_of) for family in POPULATION_FAMILIES},
+        _matured_labels(frames, pd.Timestamp(as_of)))
     # a dealer's behaviour score: the exposure-weighted mean PD of its performing loans (the
     # expected bad share of its book)
     weight = loans.outstanding_fen.astype(float).to_numpy() if len(scored) else np.zeros(0)
@@ -365,7 +452,7 @@ def _early_warning(business_date: dt.date, warehouse: Warehouse | None) -> dict:
             "rules_fired": {str(k): int(v) for k, v in signals.rule.value_counts().sort_index().items()},
             "new": int((watch.change == "new").sum()), "escalated": int((watch.change == "escalated").sum()),
             "loans_scored": int(len(scored)), "post_loan_version": str(version),
-            "behaviour_file": str(behaviour_file)}
+            "behaviour_file": str(behaviour_file), "population_files": population_files}
 
 
 def _controls(w: Warehouse, flagged: pd.DataFrame, business_date: dt.date) -> pd.DataFrame:
@@ -455,40 +542,43 @@ def _matured_labels(frames: dict, as_of: pd.Timestamp) -> pd.Series:
     return pd.Series(bad.astype(int).to_numpy(), index=matured.application_id.to_numpy())
 
 
-def _current_population(family: str, frames: dict, as_of: dt.date, w: Warehouse) -> tuple[pd.DataFrame, pd.Series]:
-    """(features of the population the champion scores now, matured score/label pairs or empty)."""
+def _current_population(family: str, frames: dict, as_of: dt.date, w: Warehouse,
+                        among: pd.Index | None = None) -> tuple[pd.DataFrame, pd.Series]:
+    """(features of the population the champion scores now, the family's past scores by id;
+    the behaviour scores of the loans ``among`` only)."""
     from features.definitions import feature_names
 
-    names = feature_names(family)
-    day = pd.Timestamp(as_of)
-    t = w.lending
-    if family == "dealer_pd":
-        from features.dealer import application_features
-
-        apps = frames["dealer.loan_applications"]
-        recent = apps[(apps.updated_at < day) & (apps.applied_at < day)
-                      & (apps.applied_at >= day - pd.Timedelta(days=DEALER_MONITOR_DAYS))]
-        feats = application_features(frames, recent.drop_duplicates("application_id"))
-        past = w.read_query(sa.select(t["loan_decisions"].c.application_id, t["loan_decisions"].c.pd))
-        return feats[names], past.set_index("application_id").pd
     if family == "post_loan_behaviour":
         from features.post_loan import post_loan_features
 
         loans = _live_loans(frames, as_of)
         feats = post_loan_features(frames, pd.DataFrame({"application_id": loans.application_id.to_numpy(),
-                                                         "as_of": day}))
-        return feats[names], _first_behaviour_scores(w)
-    from features.supplier import supplier_features
-
-    ids = frames["erp.suppliers"].supplier_id.astype(str).tolist()
-    feats = supplier_features(frames, ids, [as_of])
-    return feats[names], pd.Series(dtype=float)  # supplier labels mature after the 12-month horizon
+                                                         "as_of": pd.Timestamp(as_of)}), indexed=False)
+        return feats[feature_names(family)], _first_behaviour_scores(w, among)
+    return _population_features(family, frames, as_of), _past_scores(family, w)
 
 
-def _first_behaviour_scores(w: Warehouse) -> pd.Series:
-    """The earliest behaviour score of each loan, by application id."""
+def _past_scores(family: str, w: Warehouse, among: pd.Index | None = None) -> pd.Series:
+    """The scores the family gave before, by application id (matched to matured labels for AUC);
+    the behaviour scores of the loans ``among`` only (see :func:`_first_behaviour_scores`)."""
+    if family == "dealer_pd":
+        ld = w.lending["loan_decisions"]
+        return w.read_query(sa.select(ld.c.application_id, ld.c.pd)).set_index("application_id").pd
+    if family == "post_loan_behaviour":
+        return _first_behaviour_scores(w, among)
+    return pd.Series(dtype=float)  # supplier labels mature after the 12-month horizon
+
+
+def _first_behaviour_scores(w: Warehouse, among: pd.Index | None = None) -> pd.Series:
+    """The earliest behaviour score of each loan, by application id; ``among``: of those loans
+    only (the matured ones: the history holds a score per loan and day, most of them of loans
+    whose label has not matured yet, and ordering them all by date was most of the time)."""
+    from features.frames import positions
+
     bs = w.lending["behaviour_scores"]
     past = w.read_query(sa.select(bs.c.application_id, bs.c.as_of, bs.c.pd))
+    if among is not None:
+        past = past[positions(among, past.application_id) >= 0]
     # as_of: datetime.date objects; sorted as datetime64, ~30x faster
     return past.iloc[np.argsort(pd.to_datetime(past.as_of).to_numpy(), kind="stable")].groupby(
         "application_id").pd.first()
@@ -514,19 +604,35 @@ def retrain_thresholds(environ: dict[str, str] | None = None) -> tuple[float, in
 
 
 def monitor_models(business_date: dt.date, warehouse: Warehouse | None = None,
-                   behaviour_file: str | None = None) -> dict:
+                   behaviour_file: str | None = None, population_files: dict | None = None) -> dict:
     """PSI of score and features against each champion's training window; matured AUC; retrain.
 
     ``behaviour_file``: the day's file of :func:`early_warning` (its ``behaviour_file``): the
     ``post_loan_behaviour`` population's features and PDs are taken from it instead of being
-    computed again (without it, they are computed here)."""
+    computed again (without it, they are computed here). ``population_files`` (early_warning's
+    ``population_files``): likewise the dealer_pd and supplier_pd populations' features and the
+    matured labels; with both files the published tables are not read here at all."""
     from features.dealer import shared_loans
 
     with shared_loans():  # the loan book of the frames is built once for every family
-        return _monitor_models(business_date, warehouse, behaviour_file)
+        return _monitor_models(business_date, warehouse, behaviour_file, population_files)
 
 
-def _monitor_models(business_date: dt.date, warehouse: Warehouse | None, behaviour_file: str | None) -> dict:
+class _LazyFrames:
+    """The published tables of :func:`_read_frames`, read on first use (not at all when the
+    side files of early_warning hold everything)."""
+
+    def __init__(self, w: Warehouse):
+        self._w, self._frames = w, None
+
+    def get(self) -> dict:
+        if self._frames is None:
+            self._frames = _read_frames(self._w)
+        return self._frames
+
+
+def _monitor_models(business_date: dt.date, warehouse: Warehouse | None, behaviour_file: str | None,
+                    population_files: dict | None) -> dict:
     from chainlend import model_ops
     from features.definitions import feature_names
     from models import metrics as m
@@ -534,8 +640,10 @@ def _monitor_models(business_date: dt.date, warehouse: Warehouse | None, behavio
     w = warehouse or Warehouse.from_conn()
     w.metadata.create_all(w.engine, checkfirst=True)
     as_of = business_date + dt.timedelta(days=1)
-    frames = _read_frames(w)
-    labels = _matured_labels(frames, pd.Timestamp(as_of))
+    frames = _LazyFrames(w)
+    populations = _read_populations(population_files) if population_files is not None else None
+    labels = (populations.labels if populations is not None
+              else _matured_labels(frames.get(), pd.Timestamp(as_of)))
     reg = model_ops.registry()
     psi_limit, cooldown = retrain_thresholds()
     rows, summary, retrain = [], {}, []
@@ -555,10 +663,13 @@ def _monitor_models(business_date: dt.date, warehouse: Warehouse | None, behavio
         names = json.loads(tags["features"])  # the champion's own columns (an older version may have fewer)
         shared = (_read_behaviour(behaviour_file, str(version))
                   if family == "post_loan_behaviour" and behaviour_file is not None else None)
+        # past scores are matched to the matured labels only
         if shared is not None:
-            current, past_scores = shared.features, _first_behaviour_scores(w)
+            current, past_scores = shared.features, _first_behaviour_scores(w, labels.index)
+        elif populations is not None and family in populations.features:
+            current, past_scores = populations.features[family], _past_scores(family, w, labels.index)
         else:
-            current, past_scores = _current_population(family, frames, as_of, w)
+            current, past_scores = _current_population(family, frames.get(), as_of, w, labels.index)
         Xb = base[names].astype("float64").reset_index(drop=True)
         Xc = current[names].astype("float64").reset_index(drop=True)
         if Xc.empty:
