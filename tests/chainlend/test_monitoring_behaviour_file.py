@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -55,3 +56,47 @@ def test_a_new_date_removes_the_older_files(var):
     old = mo._write_behaviour(dt.date(2026, 3, 3), "1", _book(2), np.zeros(2))
     new = mo._write_behaviour(dt.date(2026, 3, 4), "1", _book(2), np.zeros(2))
     assert new.exists() and not old.exists()
+
+
+def _populations(n: int) -> tuple[dict, pd.Series]:
+    rng = np.random.default_rng(7)
+    feats = {f: pd.DataFrame(rng.normal(size=(n, len(feature_names(f)))), columns=list(feature_names(f)))
+             for f in mo.POPULATION_FAMILIES}
+    feats["dealer_pd"].iloc[0, 0] = np.nan  # a missing feature stays missing
+    labels = pd.Series(rng.integers(0, 2, size=n), index=np.array([f"A{i:04d}" for i in range(n)], dtype=object))
+    return feats, labels
+
+
+def test_populations_round_trip_keeps_features_labels_and_order(var):
+    feats, labels = _populations(40)
+    paths = mo._write_populations(dt.date(2026, 3, 4), feats, labels)
+    assert set(paths) == {*mo.POPULATION_FAMILIES, mo.LABELS}
+    got = mo._read_populations(paths)
+    for family in mo.POPULATION_FAMILIES:
+        pd.testing.assert_frame_equal(got.features[family], feats[family])
+    assert got.labels.index.tolist() == labels.index.tolist()
+    np.testing.assert_array_equal(got.labels.to_numpy(), labels.to_numpy())
+
+
+def test_empty_populations_round_trip(var):
+    feats = {f: pd.DataFrame(columns=list(feature_names(f)), dtype="float64") for f in mo.POPULATION_FAMILIES}
+    got = mo._read_populations(mo._write_populations(dt.date(2026, 3, 4), feats,
+                                                     pd.Series(dtype=np.int64, index=pd.Index([], dtype=object))))
+    assert all(got.features[f].empty and list(got.features[f].columns) == list(feature_names(f))
+               for f in mo.POPULATION_FAMILIES)
+    assert got.labels.empty
+
+
+def test_missing_population_file_names_its_cause(var):
+    paths = mo._write_populations(dt.date(2026, 3, 4), *_populations(3))
+    paths[mo.LABELS] = str(var / "nope.parquet")
+    with pytest.raises(FileNotFoundError, match="re-run early_warning"):
+        mo._read_populations(paths)
+
+
+def test_a_new_date_removes_the_older_population_files(var):
+    old = mo._write_populations(dt.date(2026, 3, 3), *_populations(2))
+    new = mo._write_populations(dt.date(2026, 3, 4), *_populations(2))
+    behaviour = mo._write_behaviour(dt.date(2026, 3, 4), "1", _book(2), np.zeros(2))
+    assert all(not Path(p).exists() for p in old.values())
+    assert all(Path(p).exists() for p in new.values()) and behaviour.exists()
