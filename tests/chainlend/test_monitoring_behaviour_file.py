@@ -100,3 +100,57 @@ def test_a_new_date_removes_the_older_population_files(var):
     behaviour = mo._write_behaviour(dt.date(2026, 3, 4), "1", _book(2), np.zeros(2))
     assert all(not Path(p).exists() for p in old.values())
     assert all(Path(p).exists() for p in new.values()) and behaviour.exists()
+
+
+@pytest.fixture(params=["sqlite", "postgresql", "mariadb"])
+def warehouse(request, tmp_path):
+    from chainlend.systems import Warehouse
+
+    url = {"sqlite": lambda: f"sqlite:///{tmp_path / 'warehouse.db'}",
+           "postgresql": lambda: request.getfixturevalue("postgres_url"),
+           "mariadb": lambda: request.getfixturevalue("mariadb_url")}[request.param]()
+    w = Warehouse.from_url(url)
+    w.create_all()
+    yield w
+    w.engine.dispose()
+
+
+def test_behaviour_scores_with_constant_columns_store_what_insert_rows_stores(warehouse):
+    """early_warning binds as_of and model_version once: the rows must be those of insert_rows."""
+    import sqlalchemy as sa
+
+    w, bs = warehouse, warehouse.lending["behaviour_scores"]
+    day, other = dt.date(2026, 3, 4), dt.date(2026, 3, 5)
+    scored = pd.DataFrame({"application_id": ["A1", "A2", "A3"], "dealer_id": ["D1", "D1", "D2"],
+                           "pd": [0.125, 0.5, 1 / 3]})
+    with w.engine.begin() as conn:
+        mo._replace_partition(conn, bs, day, scored, const={"as_of": day, "model_version": "7"})
+        mo._replace_partition(conn, bs, other, scored.assign(as_of=other, model_version="7"))
+        mo._replace_partition(conn, bs, day, scored.iloc[:0], const={"as_of": day, "model_version": "7"})
+        mo._replace_partition(conn, bs, day, scored, const={"as_of": day, "model_version": "7"})  # a re-run
+    with w.engine.connect() as conn:
+        rows = conn.execute(sa.select(bs).order_by(bs.c.as_of, bs.c.application_id)).all()
+    assert [(r[0], r[1], r[2], r[4]) for r in rows[:3]] == [(day, a, d, "7") for a, d in zip(
+        scored.application_id, scored.dealer_id, strict=True)]
+    assert [r[3] for r in rows[:3]] == pytest.approx(scored.pd.tolist(), rel=1e-6)  # MariaDB FLOAT: single
+    # the same values as insert_rows stores (its partition of the other day)
+    assert [tuple(r)[1:] for r in rows[3:]] == [tuple(r)[1:] for r in rows[:3]] and rows[3][0] == other
+    with pytest.raises(ValueError, match="model_version"), w.engine.begin() as conn:
+        mo._replace_partition(conn, bs, day, scored, const={"as_of": day})
+
+
+def test_posted_entries_finds_the_ledger_entries_by_id(warehouse):
+    import sqlalchemy as sa
+
+    w, le = warehouse, warehouse.lending["ledger_entries"]
+    ids = [f"repay:loan:A{i:05d}" for i in range(0, 12_000, 2)]  # more than one statement of 5,000
+    with w.engine.begin() as conn:
+        conn.execute(le.insert(), [{"entry_id": e, "instruction_id": None, "debit_account": "nostro",
+                                    "credit_account": "receivable:dealer:D1", "amount_fen": 1,
+                                    "borrower_type": "dealer", "borrower_id": "D1",
+                                    "posted_at": dt.datetime(2026, 3, 4)} for e in ids])
+    asked = [f"repay:loan:A{i:05d}" for i in range(12_001)] + ["it's 100%"]
+    assert mo._posted_entries(w, asked) == set(ids)
+    assert mo._posted_entries(w, []) == set()
+    with w.engine.connect() as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(le)).scalar() == len(ids)
