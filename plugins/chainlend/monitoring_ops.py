@@ -145,7 +145,7 @@ def post_repayments(business_date: dt.date, warehouse: Warehouse | None = None) 
     entries["posted_at"] = _now()
     delta = entries[entries.credit_account != NOSTRO].groupby("credit_account").amount_fen.sum()
     with w.engine.begin() as conn:
-        conn.execute(le.insert(), entries.to_dict("records"))
+        insert_rows(conn, le, entries)  # plain tuples, in this order (entry_no follows it)
         conn.execute(sa.update(acc).where(acc.c.account == sa.bindparam("a")).values(
             balance_fen=acc.c.balance_fen - sa.bindparam("d"), updated_at=_now()),
             [{"a": a, "d": int(d)} for a, d in delta.items()])
