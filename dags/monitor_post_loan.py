@@ -47,8 +47,10 @@ def send_digest(ew: dict) -> dict:
 def monitor_models(ew: dict) -> dict:
     from chainlend.monitoring_ops import monitor_models
 
-    # the behaviour features and PDs early_warning computed, through its side file (XCom: the path)
-    return monitor_models(_business_date(), behaviour_file=ew["behaviour_file"])
+    # the behaviour features and PDs, the other populations' features and the matured labels
+    # early_warning computed, through its side files (XCom: the paths)
+    return monitor_models(_business_date(), behaviour_file=ew["behaviour_file"],
+                          population_files=ew["population_files"])
 
 
 @task.short_circuit

@@ -70,11 +70,13 @@ def _features(frames: Frames, loans: Loans, panel: DealerPanel, loan: np.ndarray
     return out[feature_names(POST_LOAN)]
 
 
-def post_loan_features(frames: Frames, loans: pd.DataFrame) -> pd.DataFrame:
+def post_loan_features(frames: Frames, loans: pd.DataFrame, *, indexed: bool = True) -> pd.DataFrame:
     """Features of loans on dates: ``loans`` has columns ``application_id`` and ``as_of`` (dates).
 
     Returns a frame indexed by (application_id, as_of) with ``feature_names("post_loan_behaviour")``.
-    The caller asks for loans drawn before their as-of date.
+    The caller asks for loans drawn before their as-of date. ``indexed=False``: the rows in the
+    order of ``loans`` with a plain 0..n-1 index instead (building the index of a book of ~1 M
+    loans costs more than half a second, wasted on a caller that aligns by position).
 
     Raises:
         FeatureError: if a table or column is missing or an application id is unknown.
@@ -94,6 +96,8 @@ def post_loan_features(frames: Frames, loans: pd.DataFrame) -> pd.DataFrame:
     lo = int(min(day.min(), book.applied[loan].min()))
     panel = DealerPanel(frames, lo, int(day.max()), loans=book)
     out = _features(frames, book, panel, loan, day)
+    if not indexed:
+        return out
     out.index = pd.MultiIndex.from_arrays([book.ids[loan], days_to_dates(day)], names=["application_id", "as_of"])
     return out
 

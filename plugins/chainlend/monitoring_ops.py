@@ -28,6 +28,7 @@ import html
 import json
 import logging
 import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -86,9 +87,21 @@ def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC).replace(tzinfo=None, microsecond=0)
 
 
-def _replace_partition(conn, table: sa.Table, as_of: dt.date, frame: pd.DataFrame) -> None:
+def _replace_partition(conn, table: sa.Table, as_of: dt.date, frame: pd.DataFrame, const: dict | None = None) -> None:
+    """Replace the ``as_of`` rows of ``table`` by ``frame``'s; ``const``: columns equal on every
+    row, bound once (not per row: ~1 s for a day's ~900,000 behaviour scores)."""
     conn.execute(sa.delete(table).where(table.c.as_of == as_of))
-    insert_rows(conn, table, frame)
+    if not const:
+        insert_rows(conn, table, frame)
+        return
+    from chainlend.bulk import bulk_insert, plain_columns
+
+    cols = [str(c) for c in frame.columns]
+    missing = [c.name for c in table.c if c.name not in cols and c.name not in const]
+    if missing:
+        raise ValueError(f"{table.name}: no value for column(s) {missing}")
+    if len(frame):
+        bulk_insert(conn, table, plain_columns(frame, cols), const)
 
 
 # --------------------------------------------------------------------------------------------
@@ -106,10 +119,13 @@ def post_repayments(business_date: dt.date, warehouse: Warehouse | None = None) 
     t = w.lending
     pi, le, acc = t["payment_instructions"], t["ledger_entries"], t["ledger_accounts"]
     as_of = pd.Timestamp(business_date + dt.timedelta(days=1))
-    rep = w.read_frames(("dealer.loan_repayments",), columns={"dealer.loan_repayments": (
-        "application_id", "paid_at", "updated_at")})["dealer.loan_repayments"]
-    ins = w.read_query(sa.select(pi.c.instruction_id, pi.c.idempotency_key, pi.c.kind, pi.c.borrower_type,
-                                 pi.c.borrower_id, pi.c.amount_fen, pi.c.source_batch))
+    # the two reads (each a reader process on SQLite) run side by side
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="post-repayments-read") as pool:
+        reading = pool.submit(w.read_frames, ("dealer.loan_repayments",), columns={"dealer.loan_repayments": (
+            "application_id", "paid_at", "updated_at")})
+        ins = w.read_query(sa.select(pi.c.instruction_id, pi.c.idempotency_key, pi.c.kind, pi.c.borrower_type,
+                                     pi.c.borrower_id, pi.c.amount_fen, pi.c.source_batch))
+        rep = reading.result()["dealer.loan_repayments"]
     known = rep[(rep.updated_at < as_of) & (rep.paid_at < as_of)]
     loans = ins[ins.kind == "dealer_loan"].copy()
     loans["application_id"] = loans.idempotency_key.str.removeprefix("loan:")
@@ -129,7 +145,7 @@ def post_repayments(business_date: dt.date, warehouse: Warehouse | None = None) 
     entries["posted_at"] = _now()
     delta = entries[entries.credit_account != NOSTRO].groupby("credit_account").amount_fen.sum()
     with w.engine.begin() as conn:
-        conn.execute(le.insert(), entries.to_dict("records"))
+        insert_rows(conn, le, entries)  # plain tuples, in this order (entry_no follows it)
         conn.execute(sa.update(acc).where(acc.c.account == sa.bindparam("a")).values(
             balance_fen=acc.c.balance_fen - sa.bindparam("d"), updated_at=_now()),
             [{"a": a, "d": int(d)} for a, d in delta.items()])
@@ -138,13 +154,20 @@ def post_repayments(business_date: dt.date, warehouse: Warehouse | None = None) 
 
 
 def _posted_entries(w: Warehouse, entry_ids: list[str]) -> set[str]:
-    """Those of ``entry_ids`` the ledger has (by its unique entry id, 5,000 a statement)."""
+    """Those of ``entry_ids`` the ledger has (by its unique entry id, 5,000 a statement). Plain
+    DBAPI statements: SQLAlchemy's expanding ``IN`` names and processes one bind parameter per
+    id, most of the time of looking up the ~50,000 ids of a day."""
+    from chainlend.bulk import placeholder
+
     le = w.lending["ledger_entries"]
     found: set[str] = set()
     with w.engine.connect() as conn:
+        q = conn.dialect.identifier_preparer
+        head = f"SELECT {q.quote('entry_id')} FROM {q.format_table(le)} WHERE {q.quote('entry_id')} IN "
+        mark = placeholder(conn)
         for i in range(0, len(entry_ids), 5_000):
-            found.update(conn.execute(sa.select(le.c.entry_id).where(le.c.entry_id.in_(entry_ids[i:i + 5_000])))
-                         .scalars())
+            chunk = tuple(entry_ids[i:i + 5_000])
+            found.update(r[0] for r in conn.exec_driver_sql(head + f"({', '.join([mark] * len(chunk))})", chunk))
     return found
 
 
@@ -243,19 +266,103 @@ def _write_behaviour(business_date: dt.date, version: str, X: pd.DataFrame, pds:
     in both tasks, and computing them is a large part of each. The files of other dates are
     removed (a run needs only its own; a re-run of a date rewrites it)."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
-    path = _behaviour_path(business_date)
-    path.parent.mkdir(parents=True, exist_ok=True)
     table = pa.Table.from_pandas(X.assign(pd=np.asarray(pds, dtype=np.float64)), preserve_index=False)
     table = table.replace_schema_metadata({**(table.schema.metadata or {}), b"model_version": version.encode()})
+    return _write_side(_behaviour_path(business_date), "behaviour", table)
+
+
+def _write_side(path: Path, stem: str, table) -> Path:
+    """Write the Arrow ``table`` to ``path`` atomically (a reader sees the whole file or none) and
+    remove the files ``<stem>_*.parquet`` of other dates beside it."""
+    import pyarrow.parquet as pq
+
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     pq.write_table(table, tmp)
-    os.replace(tmp, path)  # a reader sees the whole file or none
-    for old in path.parent.glob("behaviour_*.parquet"):
+    os.replace(tmp, path)
+    for old in path.parent.glob(f"{stem}_*.parquet"):
         if old != path:
             old.unlink(missing_ok=True)
     return path
+
+
+# the populations monitor_models measures, besides the behaviour book: the features of the
+# dealer_pd and supplier_pd populations and the matured labels (early_warning's side files)
+POPULATION_FAMILIES = ("dealer_pd", "supplier_pd")
+LABELS = "labels"
+
+
+@dataclass(frozen=True)
+class Populations:
+    """What :func:`monitor_models` computes from the published tables, as :func:`early_warning`
+    computed it from the same tables: each family's current population (float64, the columns
+    ``feature_names(family)``) and the matured labels (bad 1/0 by application id)."""
+
+    features: dict[str, pd.DataFrame]
+    labels: pd.Series
+
+
+def _population_path(name: str, business_date: dt.date) -> Path:
+    from chainlend import settings
+
+    return settings.var_dir() / BEHAVIOUR_FOLDER / f"{name}_{business_date:%Y%m%d}.parquet"
+
+
+def _write_populations(business_date: dt.date, features: dict[str, pd.DataFrame], labels: pd.Series) -> dict:
+    """Hand :func:`monitor_models` the dealer_pd and supplier_pd populations' features and the
+    matured labels through Parquet files (XCom carries their paths): they are the same in both
+    tasks, and reading the published tables again for them was most of monitor_models' time.
+    The files of other dates are removed. Returns ``{name: path}``."""
+    import pyarrow as pa
+
+    paths = {family: str(_write_side(_population_path(family, business_date), family,
+                                     pa.Table.from_pandas(features[family], preserve_index=False)))
+             for family in POPULATION_FAMILIES}
+    frame = pd.DataFrame({"application_id": labels.index.to_numpy(dtype=object),
+                          "bad": labels.to_numpy(dtype=np.int64)})
+    paths[LABELS] = str(_write_side(_population_path(LABELS, business_date), LABELS,
+                                    pa.Table.from_pandas(frame, preserve_index=False)))
+    return paths
+
+
+def _read_populations(paths: dict) -> Populations:
+    """The files of :func:`_write_populations`."""
+    import pyarrow.parquet as pq
+
+    missing = [p for p in (paths.get(n) for n in (*POPULATION_FAMILIES, LABELS)) if p is None or not os.path.exists(p)]
+    if missing:
+        raise FileNotFoundError(f"the population file(s) {missing} of early_warning are missing (given {paths}); "
+                                f"re-run early_warning for this business date")
+    features = {family: pq.read_table(paths[family]).to_pandas() for family in POPULATION_FAMILIES}
+    lab = pq.read_table(paths[LABELS]).to_pandas()
+    labels = pd.Series(lab["bad"].to_numpy(dtype=np.int64), index=lab["application_id"].to_numpy(dtype=object))
+    return Populations(features, labels)
+
+
+def _population_features(family: str, frames: dict, as_of: dt.date) -> pd.DataFrame:
+    """The features (float64, ``feature_names(family)``, rows from 0) of the population the
+    ``family`` champion scores at ``as_of``: dealer_pd the applications of the last
+    ``DEALER_MONITOR_DAYS`` days, supplier_pd every supplier."""
+    from features.definitions import feature_names
+
+    names = list(feature_names(family))
+    day = pd.Timestamp(as_of)
+    if family == "dealer_pd":
+        from features.dealer import application_features
+
+        apps = frames["dealer.loan_applications"]
+        recent = apps[(apps.updated_at < day) & (apps.applied_at < day)
+                      & (apps.applied_at >= day - pd.Timedelta(days=DEALER_MONITOR_DAYS))]
+        feats = application_features(frames, recent.drop_duplicates("application_id"))
+    elif family == "supplier_pd":
+        from features.supplier import supplier_features
+
+        ids = frames["erp.suppliers"].supplier_id.astype(str).tolist()
+        feats = supplier_features(frames, ids, [as_of])
+    else:
+        raise ValueError(f"no population builder for family {family!r}")
+    return feats[names].astype("float64").reset_index(drop=True)
 
 
 def _read_behaviour(path: str, version: str) -> Behaviour | None:
@@ -293,21 +400,27 @@ def _early_warning(business_date: dt.date, warehouse: Warehouse | None) -> dict:
     w.metadata.create_all(w.engine, checkfirst=True)
     t = w.lending
     as_of = business_date + dt.timedelta(days=1)
-    frames = _read_frames(w)
+    # the champion is loaded while the reader process reads the published tables
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="early-warning-read") as pool:
+        reading = pool.submit(_read_frames, w)
+        version, model = champion("post_loan_behaviour")
+        frames = reading.result()
     cfg = ew.EW_CONFIG_V1
     loans = _live_loans(frames, as_of)
-    version, model = champion("post_loan_behaviour")
-    scored = pd.DataFrame(columns=["as_of", "application_id", "dealer_id", "pd", "model_version"])
+    scored = pd.DataFrame(columns=["application_id", "dealer_id", "pd"])  # as_of, model_version: constants
     if len(loans):
         feats = post_loan_features(frames, pd.DataFrame({"application_id": loans.application_id.to_numpy(),
-                                                         "as_of": pd.Timestamp(as_of)}))
-        X = feats[feature_names("post_loan_behaviour")].astype("float64").reset_index(drop=True)
+                                                         "as_of": pd.Timestamp(as_of)}), indexed=False)
+        X = feats[feature_names("post_loan_behaviour")].astype("float64")
         pds = _pd_only(model, X)
-        scored = pd.DataFrame({"as_of": business_date, "application_id": loans.application_id.to_numpy(),
-                               "dealer_id": loans.dealer_id.to_numpy(), "pd": pds, "model_version": str(version)})
+        scored = pd.DataFrame({"application_id": loans.application_id.to_numpy(),
+                               "dealer_id": loans.dealer_id.to_numpy(), "pd": pds})
     else:
         X, pds = pd.DataFrame(columns=list(feature_names("post_loan_behaviour")), dtype="float64"), np.zeros(0)
     behaviour_file = _write_behaviour(business_date, str(version), X, pds)
+    population_files = _write_populations(
+        business_date, {family: _population_features(family, frames, as_of) for family in POPULATION_FAMILIES},
+        _matured_labels(frames, pd.Timestamp(as_of)))
     # a dealer's behaviour score: the exposure-weighted mean PD of its performing loans (the
     # expected bad share of its book)
     weight = loans.outstanding_fen.astype(float).to_numpy() if len(scored) else np.zeros(0)
@@ -355,7 +468,8 @@ def _early_warning(business_date: dt.date, warehouse: Warehouse | None) -> dict:
         _replace_partition(conn, t["watchlist"], business_date, watch)
         _replace_partition(conn, t["dpd_buckets"], business_date, buckets)
         _replace_partition(conn, t["roll_rates"], business_date, rolls)
-        _replace_partition(conn, t["behaviour_scores"], business_date, scored)
+        _replace_partition(conn, t["behaviour_scores"], business_date, scored,
+                           const={"as_of": business_date, "model_version": str(version)})
         conn.execute(sa.delete(t["credit_controls"]))
         if len(controls):
             conn.execute(t["credit_controls"].insert(), controls.to_dict("records"))
@@ -365,7 +479,7 @@ def _early_warning(business_date: dt.date, warehouse: Warehouse | None) -> dict:
             "rules_fired": {str(k): int(v) for k, v in signals.rule.value_counts().sort_index().items()},
             "new": int((watch.change == "new").sum()), "escalated": int((watch.change == "escalated").sum()),
             "loans_scored": int(len(scored)), "post_loan_version": str(version),
-            "behaviour_file": str(behaviour_file)}
+            "behaviour_file": str(behaviour_file), "population_files": population_files}
 
 
 def _controls(w: Warehouse, flagged: pd.DataFrame, business_date: dt.date) -> pd.DataFrame:
@@ -455,40 +569,41 @@ def _matured_labels(frames: dict, as_of: pd.Timestamp) -> pd.Series:
     return pd.Series(bad.astype(int).to_numpy(), index=matured.application_id.to_numpy())
 
 
-def _current_population(family: str, frames: dict, as_of: dt.date, w: Warehouse) -> tuple[pd.DataFrame, pd.Series]:
-    """(features of the population the champion scores now, matured score/label pairs or empty)."""
+def _current_population(family: str, frames: dict, as_of: dt.date) -> pd.DataFrame:
+    """The features of the population the ``family`` champion scores now."""
     from features.definitions import feature_names
 
-    names = feature_names(family)
-    day = pd.Timestamp(as_of)
-    t = w.lending
-    if family == "dealer_pd":
-        from features.dealer import application_features
-
-        apps = frames["dealer.loan_applications"]
-        recent = apps[(apps.updated_at < day) & (apps.applied_at < day)
-                      & (apps.applied_at >= day - pd.Timedelta(days=DEALER_MONITOR_DAYS))]
-        feats = application_features(frames, recent.drop_duplicates("application_id"))
-        past = w.read_query(sa.select(t["loan_decisions"].c.application_id, t["loan_decisions"].c.pd))
-        return feats[names], past.set_index("application_id").pd
     if family == "post_loan_behaviour":
         from features.post_loan import post_loan_features
 
         loans = _live_loans(frames, as_of)
         feats = post_loan_features(frames, pd.DataFrame({"application_id": loans.application_id.to_numpy(),
-                                                         "as_of": day}))
-        return feats[names], _first_behaviour_scores(w)
-    from features.supplier import supplier_features
-
-    ids = frames["erp.suppliers"].supplier_id.astype(str).tolist()
-    feats = supplier_features(frames, ids, [as_of])
-    return feats[names], pd.Series(dtype=float)  # supplier labels mature after the 12-month horizon
+                                                         "as_of": pd.Timestamp(as_of)}), indexed=False)
+        return feats[feature_names(family)]
+    return _population_features(family, frames, as_of)
 
 
-def _first_behaviour_scores(w: Warehouse) -> pd.Series:
-    """The earliest behaviour score of each loan, by application id."""
+def _past_scores(family: str, w: Warehouse, among: pd.Index | None = None) -> pd.Series:
+    """The scores the family gave before, by application id (matched to matured labels for AUC);
+    the behaviour scores of the loans ``among`` only (see :func:`_first_behaviour_scores`)."""
+    if family == "dealer_pd":
+        ld = w.lending["loan_decisions"]
+        return w.read_query(sa.select(ld.c.application_id, ld.c.pd)).set_index("application_id").pd
+    if family == "post_loan_behaviour":
+        return _first_behaviour_scores(w, among)
+    return pd.Series(dtype=float)  # supplier labels mature after the 12-month horizon
+
+
+def _first_behaviour_scores(w: Warehouse, among: pd.Index | None = None) -> pd.Series:
+    """The earliest behaviour score of each loan, by application id; ``among``: of those loans
+    only (the matured ones: the history holds a score per loan and day, most of them of loans
+    whose label has not matured yet, and ordering them all by date was most of the time)."""
+    from features.frames import positions
+
     bs = w.lending["behaviour_scores"]
     past = w.read_query(sa.select(bs.c.application_id, bs.c.as_of, bs.c.pd))
+    if among is not None:
+        past = past[positions(among, past.application_id) >= 0]
     # as_of: datetime.date objects; sorted as datetime64, ~30x faster
     return past.iloc[np.argsort(pd.to_datetime(past.as_of).to_numpy(), kind="stable")].groupby(
         "application_id").pd.first()
@@ -514,19 +629,35 @@ def retrain_thresholds(environ: dict[str, str] | None = None) -> tuple[float, in
 
 
 def monitor_models(business_date: dt.date, warehouse: Warehouse | None = None,
-                   behaviour_file: str | None = None) -> dict:
+                   behaviour_file: str | None = None, population_files: dict | None = None) -> dict:
     """PSI of score and features against each champion's training window; matured AUC; retrain.
 
     ``behaviour_file``: the day's file of :func:`early_warning` (its ``behaviour_file``): the
     ``post_loan_behaviour`` population's features and PDs are taken from it instead of being
-    computed again (without it, they are computed here)."""
+    computed again (without it, they are computed here). ``population_files`` (early_warning's
+    ``population_files``): likewise the dealer_pd and supplier_pd populations' features and the
+    matured labels; with both files the published tables are not read here at all."""
     from features.dealer import shared_loans
 
     with shared_loans():  # the loan book of the frames is built once for every family
-        return _monitor_models(business_date, warehouse, behaviour_file)
+        return _monitor_models(business_date, warehouse, behaviour_file, population_files)
 
 
-def _monitor_models(business_date: dt.date, warehouse: Warehouse | None, behaviour_file: str | None) -> dict:
+class _LazyFrames:
+    """The published tables of :func:`_read_frames`, read on first use (not at all when the
+    side files of early_warning hold everything)."""
+
+    def __init__(self, w: Warehouse):
+        self._w, self._frames = w, None
+
+    def get(self) -> dict:
+        if self._frames is None:
+            self._frames = _read_frames(self._w)
+        return self._frames
+
+
+def _monitor_models(business_date: dt.date, warehouse: Warehouse | None, behaviour_file: str | None,
+                    population_files: dict | None) -> dict:
     from chainlend import model_ops
     from features.definitions import feature_names
     from models import metrics as m
@@ -534,78 +665,87 @@ def _monitor_models(business_date: dt.date, warehouse: Warehouse | None, behavio
     w = warehouse or Warehouse.from_conn()
     w.metadata.create_all(w.engine, checkfirst=True)
     as_of = business_date + dt.timedelta(days=1)
-    frames = _read_frames(w)
-    labels = _matured_labels(frames, pd.Timestamp(as_of))
-    reg = model_ops.registry()
-    psi_limit, cooldown = retrain_thresholds()
-    rows, summary, retrain = [], {}, []
-    for family in FAMILIES:
-        try:
-            version, model = champion(family)
-        except LendingOpsError as exc:
-            summary[family] = {"status": str(exc)}
-            continue
-        tags = reg.tags(family, version)
-        window = json.loads(tags["data_window"])["train"]
-        base = pd.read_parquet(tags["dataset_path"])
-        d = pd.to_datetime(base[tags.get("split_on", "obs_date")])
-        base = base[(d >= pd.Timestamp(window["start"])) & (d <= pd.Timestamp(window["end"]))]
-        if len(base) > BASELINE_SAMPLE:
-            base = base.sample(BASELINE_SAMPLE, random_state=0)
-        names = json.loads(tags["features"])  # the champion's own columns (an older version may have fewer)
-        shared = (_read_behaviour(behaviour_file, str(version))
-                  if family == "post_loan_behaviour" and behaviour_file is not None else None)
-        if shared is not None:
-            current, past_scores = shared.features, _first_behaviour_scores(w)
-        else:
-            current, past_scores = _current_population(family, frames, as_of, w)
-        Xb = base[names].astype("float64").reset_index(drop=True)
-        Xc = current[names].astype("float64").reset_index(drop=True)
-        if Xc.empty:
-            summary[family] = {"status": "no population to score"}
-            continue
-        # early_warning scored the book with the champion on feature_names(family): the same PDs
-        same = shared is not None and names == list(feature_names(family))
-        score_psi = m.psi(_pd_only(model, Xb), shared.pds if same else _pd_only(model, Xc))
-        fpsi = m.feature_psi(Xb, Xc, names)
-        bands = fpsi.map(m.psi_band)
-        matured = past_scores.index.intersection(labels.index)
-        y = labels[matured]
-        auc = None
-        if int(y.sum()) >= MIN_MATURED_BADS and int((1 - y).sum()) >= MIN_MATURED_BADS:
-            auc = float(m.auc(y.to_numpy(), past_scores[matured].to_numpy()))
-        oot_auc = float(json.loads(tags["oot_metrics"])["auc"])
-        reasons = []
-        if score_psi > psi_limit:
-            reasons.append(f"score PSI {score_psi:.3f} > {psi_limit}")
-        if auc is not None and auc < oot_auc - RETRAIN_AUC_DROP:
-            reasons.append(f"matured AUC {auc:.3f} < OOT AUC {oot_auc:.3f} − {RETRAIN_AUC_DROP}")
-        newest = reg.version(family, "challenger") or version
-        trained_on = dt.date.fromisoformat(reg.tags(family, newest)["as_of"][:10])
-        if reasons and (business_date - trained_on).days < cooldown:
-            # a version trained on recent data exists: the drift is recorded, the request waits
-            reasons = [f"{r} (no request: v{newest} was trained on data to {trained_on}, "
-                       f"within {cooldown} days)" for r in reasons]
-            requested = False
-        else:
-            requested = bool(reasons)
-        if requested:
-            retrain.append(family)
-        rows.append({"family": family, "metric": "score_psi", "model_version": str(version), "value": score_psi,
-                     "band": m.psi_band(score_psi), "detail": None})
-        rows += [{"family": family, "metric": f"psi:{n}", "model_version": str(version), "value": float(v),
-                  "band": bands[n], "detail": None} for n, v in fpsi.items()]
-        rows.append({"family": family, "metric": "auc_matured", "model_version": str(version), "value": auc,
-                     "band": None, "detail": f"{len(matured)} matured loans, {int(y.sum())} bad" if len(matured)
-                     else "labels not matured yet"})
-        rows.append({"family": family, "metric": "retrain", "model_version": str(version),
-                     "value": float(requested), "band": None, "detail": "; ".join(reasons) or None})
-        summary[family] = {"version": str(version), "score_psi": round(score_psi, 4), "band": m.psi_band(score_psi),
-                           "features_significant": int((bands == "significant").sum()),
-                           "features_investigate": int((bands == "investigate").sum()),
-                           "auc_matured": None if auc is None else round(auc, 4), "drift": reasons,
-                           "retrain_requested": requested}
-        _log_monitoring_run(family, str(version), business_date, score_psi, fpsi, auc)
+    frames = _LazyFrames(w)
+    populations = _read_populations(population_files) if population_files is not None else None
+    labels = (populations.labels if populations is not None
+              else _matured_labels(frames.get(), pd.Timestamp(as_of)))
+    # the past scores (reads of the warehouse in the Arrow reader process) are read while the
+    # champions are loaded and the populations scored
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="monitor-past-scores") as pool:
+        past = {family: pool.submit(_past_scores, family, w, labels.index) for family in FAMILIES}
+        reg = model_ops.registry()
+        psi_limit, cooldown = retrain_thresholds()
+        rows, summary, retrain = [], {}, []
+        for family in FAMILIES:
+            try:
+                version, model = champion(family)
+            except LendingOpsError as exc:
+                summary[family] = {"status": str(exc)}
+                continue
+            tags = reg.tags(family, version)
+            window = json.loads(tags["data_window"])["train"]
+            base = pd.read_parquet(tags["dataset_path"])
+            d = pd.to_datetime(base[tags.get("split_on", "obs_date")])
+            base = base[(d >= pd.Timestamp(window["start"])) & (d <= pd.Timestamp(window["end"]))]
+            if len(base) > BASELINE_SAMPLE:
+                base = base.sample(BASELINE_SAMPLE, random_state=0)
+            names = json.loads(tags["features"])  # the champion's own columns (an older version may have fewer)
+            shared = (_read_behaviour(behaviour_file, str(version))
+                      if family == "post_loan_behaviour" and behaviour_file is not None else None)
+            if shared is not None:
+                current = shared.features
+            elif populations is not None and family in populations.features:
+                current = populations.features[family]
+            else:
+                current = _current_population(family, frames.get(), as_of)
+            past_scores = past[family].result()  # matched to the matured labels only
+            Xb = base[names].astype("float64").reset_index(drop=True)
+            Xc = current[names].astype("float64").reset_index(drop=True)
+            if Xc.empty:
+                summary[family] = {"status": "no population to score"}
+                continue
+            # early_warning scored the book with the champion on feature_names(family): the same PDs
+            same = shared is not None and names == list(feature_names(family))
+            score_psi = m.psi(_pd_only(model, Xb), shared.pds if same else _pd_only(model, Xc))
+            fpsi = m.feature_psi(Xb, Xc, names)
+            bands = fpsi.map(m.psi_band)
+            matured = past_scores.index.intersection(labels.index)
+            y = labels[matured]
+            auc = None
+            if int(y.sum()) >= MIN_MATURED_BADS and int((1 - y).sum()) >= MIN_MATURED_BADS:
+                auc = float(m.auc(y.to_numpy(), past_scores[matured].to_numpy()))
+            oot_auc = float(json.loads(tags["oot_metrics"])["auc"])
+            reasons = []
+            if score_psi > psi_limit:
+                reasons.append(f"score PSI {score_psi:.3f} > {psi_limit}")
+            if auc is not None and auc < oot_auc - RETRAIN_AUC_DROP:
+                reasons.append(f"matured AUC {auc:.3f} < OOT AUC {oot_auc:.3f} − {RETRAIN_AUC_DROP}")
+            newest = reg.version(family, "challenger") or version
+            trained_on = dt.date.fromisoformat(reg.tags(family, newest)["as_of"][:10])
+            if reasons and (business_date - trained_on).days < cooldown:
+                # a version trained on recent data exists: the drift is recorded, the request waits
+                reasons = [f"{r} (no request: v{newest} was trained on data to {trained_on}, "
+                           f"within {cooldown} days)" for r in reasons]
+                requested = False
+            else:
+                requested = bool(reasons)
+            if requested:
+                retrain.append(family)
+            rows.append({"family": family, "metric": "score_psi", "model_version": str(version), "value": score_psi,
+                         "band": m.psi_band(score_psi), "detail": None})
+            rows += [{"family": family, "metric": f"psi:{n}", "model_version": str(version), "value": float(v),
+                      "band": bands[n], "detail": None} for n, v in fpsi.items()]
+            rows.append({"family": family, "metric": "auc_matured", "model_version": str(version), "value": auc,
+                         "band": None, "detail": f"{len(matured)} matured loans, {int(y.sum())} bad" if len(matured)
+                         else "labels not matured yet"})
+            rows.append({"family": family, "metric": "retrain", "model_version": str(version),
+                         "value": float(requested), "band": None, "detail": "; ".join(reasons) or None})
+            summary[family] = {"version": str(version), "score_psi": round(score_psi, 4), "band": m.psi_band(score_psi),
+                               "features_significant": int((bands == "significant").sum()),
+                               "features_investigate": int((bands == "investigate").sum()),
+                               "auc_matured": None if auc is None else round(auc, 4), "drift": reasons,
+                               "retrain_requested": requested}
+            _log_monitoring_run(family, str(version), business_date, score_psi, fpsi, auc)
     frame = pd.DataFrame(rows, columns=["family", "metric", "model_version", "value", "band", "detail"])
     with w.engine.begin() as conn:
         _replace_partition(conn, w.lending["model_monitoring"], business_date, frame.assign(as_of=business_date))
