@@ -145,3 +145,17 @@ def worker_path(test_bundle, monkeypatch):
     left = [p for p in psutil.Process().children(recursive=True) if p.pid not in before and p.is_running()
             and p.status() != psutil.STATUS_ZOMBIE]
     assert not left, f"worker processes left behind: {[(p.pid, p.name()) for p in left]}"
+
+
+@pytest.fixture(params=["sqlite", "postgresql", "mariadb"])
+def warehouse(request, tmp_path):
+    """A fresh warehouse with every table, on each of SQLite, PostgreSQL and MariaDB."""
+    from chainlend.systems import Warehouse
+
+    url = {"sqlite": lambda: f"sqlite:///{tmp_path / 'warehouse.db'}",
+           "postgresql": lambda: request.getfixturevalue("postgres_url"),
+           "mariadb": lambda: request.getfixturevalue("mariadb_url")}[request.param]()
+    w = Warehouse.from_url(url)
+    w.create_all()
+    yield w
+    w.engine.dispose()

@@ -102,19 +102,6 @@ def test_a_new_date_removes_the_older_population_files(var):
     assert all(Path(p).exists() for p in new.values()) and behaviour.exists()
 
 
-@pytest.fixture(params=["sqlite", "postgresql", "mariadb"])
-def warehouse(request, tmp_path):
-    from chainlend.systems import Warehouse
-
-    url = {"sqlite": lambda: f"sqlite:///{tmp_path / 'warehouse.db'}",
-           "postgresql": lambda: request.getfixturevalue("postgres_url"),
-           "mariadb": lambda: request.getfixturevalue("mariadb_url")}[request.param]()
-    w = Warehouse.from_url(url)
-    w.create_all()
-    yield w
-    w.engine.dispose()
-
-
 def test_behaviour_scores_with_constant_columns_store_what_insert_rows_stores(warehouse):
     """early_warning binds as_of and model_version once: the rows must be those of insert_rows."""
     import sqlalchemy as sa

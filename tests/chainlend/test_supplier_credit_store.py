@@ -32,19 +32,6 @@ SUPPLIERS = pd.DataFrame({"supplier_id": ["S1", "S2", "T1", "T2"], "tier": [1, 1
                           "confirmed_payables_fen": 10**9, "dilution_ratio": 0.0})
 
 
-@pytest.fixture(params=["sqlite", "postgresql", "mariadb"])
-def warehouse(request, tmp_path):
-    from chainlend.systems import Warehouse
-
-    url = {"sqlite": lambda: f"sqlite:///{tmp_path / 'warehouse.db'}",
-           "postgresql": lambda: request.getfixturevalue("postgres_url"),
-           "mariadb": lambda: request.getfixturevalue("mariadb_url")}[request.param]()
-    w = Warehouse.from_url(url)
-    w.create_all()
-    yield w
-    w.engine.dispose()
-
-
 def _line_offs(n: int = 6, *, verified=lambda i: i != 2) -> pd.DataFrame:
     return pd.DataFrame({"event_id": [f"E{i}" for i in range(n)], "vin": [f"V{i}" for i in range(n)],
                          "line_off_at": [T0 + pd.Timedelta(minutes=i) for i in range(n)],
