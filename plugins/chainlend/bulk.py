@@ -31,6 +31,28 @@ def placeholder(conn) -> str:
     return "?" if style == "qmark" else "%s"
 
 
+def in_clause(conn, keys: list | tuple) -> tuple[str, tuple]:
+    """``IN (?, ?, …)`` and its parameters; on PostgreSQL one array parameter, ``= ANY(%s)``."""
+    if conn.dialect.name == "postgresql":
+        return "= ANY(%s)", (list(keys),)
+    return f"IN ({', '.join([placeholder(conn)] * len(keys))})", tuple(keys)
+
+
+def where_in(conn, table: sa.Table, column: str, keys: list, *, delete: bool = False,
+              select: str | None = None) -> list[tuple]:
+    """``SELECT select`` (default: ``column``; or ``DELETE``) from ``table`` where ``column`` is one
+    of ``keys``, 5,000 keys a statement, as plain DBAPI statements (no per-key SQLAlchemy bind
+    parameters)."""
+    q, rows = conn.dialect.identifier_preparer, []
+    head = "DELETE" if delete else f"SELECT {q.quote(select or column)}"
+    for i in range(0, len(keys), 5_000):
+        where, params = in_clause(conn, keys[i:i + 5_000])
+        res = conn.exec_driver_sql(f"{head} FROM {q.format_table(table)} WHERE {q.quote(column)} {where}", params)
+        if res.returns_rows:
+            rows += res.all()
+    return rows
+
+
 def bulk_insert(conn, table: sa.Table, columns: dict[str, list], const: dict[str, object]) -> None:
     """Insert one row per position of ``columns`` (name → list of plain values), each row also
     getting ``const``: plain tuples through the DBAPI ``executemany`` (PostgreSQL: ``COPY``, whose

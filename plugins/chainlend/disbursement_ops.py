@@ -44,7 +44,7 @@ import numpy as np
 import pandas as pd
 import sqlalchemy as sa
 
-from chainlend.bulk import bulk_insert, placeholder
+from chainlend.bulk import bulk_insert, in_clause, placeholder, where_in
 from chainlend.settings import PAYMENT_RAIL_CONN_ID
 from chainlend.systems import Warehouse
 
@@ -92,26 +92,7 @@ _mark = placeholder  # the DBAPI's positional placeholder (sqlite3 ``?``; psycop
 _bulk_insert = bulk_insert  # plain tuples through executemany, COPY on PostgreSQL (chainlend.bulk)
 
 
-def _in(conn, keys: list | tuple) -> tuple[str, tuple]:
-    """``IN (?, ?, …)`` and its parameters; on PostgreSQL one array parameter, ``= ANY(%s)``."""
-    if conn.dialect.name == "postgresql":
-        return "= ANY(%s)", (list(keys),)
-    return f"IN ({', '.join([_mark(conn)] * len(keys))})", tuple(keys)
-
-
-def _where_in(conn, table: sa.Table, column: str, keys: list, *, delete: bool = False,
-              select: str | None = None) -> list[tuple]:
-    """``SELECT select`` (default: ``column``; or ``DELETE``) from ``table`` where ``column`` is one
-    of ``keys``, 5,000 keys a statement, as plain DBAPI statements (no per-key SQLAlchemy bind
-    parameters)."""
-    q, rows = conn.dialect.identifier_preparer, []
-    head = "DELETE" if delete else f"SELECT {q.quote(select or column)}"
-    for i in range(0, len(keys), 5_000):
-        where, params = _in(conn, keys[i:i + 5_000])
-        res = conn.exec_driver_sql(f"{head} FROM {q.format_table(table)} WHERE {q.quote(column)} {where}", params)
-        if res.returns_rows:
-            rows += res.all()
-    return rows
+_in, _where_in = in_clause, where_in  # chunked plain-DBAPI IN lookups (chainlend.bulk)
 
 
 def _outbox_rows(conn, numbers: list[int]) -> None:

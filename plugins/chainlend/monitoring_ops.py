@@ -157,18 +157,10 @@ def _posted_entries(w: Warehouse, entry_ids: list[str]) -> set[str]:
     """Those of ``entry_ids`` the ledger has (by its unique entry id, 5,000 a statement). Plain
     DBAPI statements: SQLAlchemy's expanding ``IN`` names and processes one bind parameter per
     id, most of the time of looking up the ~50,000 ids of a day."""
-    from chainlend.bulk import placeholder
+    from chainlend.bulk import where_in
 
-    le = w.lending["ledger_entries"]
-    found: set[str] = set()
     with w.engine.connect() as conn:
-        q = conn.dialect.identifier_preparer
-        head = f"SELECT {q.quote('entry_id')} FROM {q.format_table(le)} WHERE {q.quote('entry_id')} IN "
-        mark = placeholder(conn)
-        for i in range(0, len(entry_ids), 5_000):
-            chunk = tuple(entry_ids[i:i + 5_000])
-            found.update(r[0] for r in conn.exec_driver_sql(head + f"({', '.join([mark] * len(chunk))})", chunk))
-    return found
+        return {r[0] for r in where_in(conn, w.lending["ledger_entries"], "entry_id", entry_ids)}
 
 
 # --------------------------------------------------------------------------------------------
