@@ -79,6 +79,10 @@ class ValidationPack:
     oracle_label: str = field(default=CONDITIONAL_ORACLE)
     oracle_auc_unconditional: float | None = None
     unconditional_label: str = field(default=UNCONDITIONAL_ORACLE)
+    # grouped splits (validation held out by entity): algo -> OOT evaluation on the rows of
+    # entities with no bad training row, and {"rows", "bads"} of that subset; {} otherwise
+    oot_unseen: dict = field(default_factory=dict)
+    oot_unseen_rows: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         missing = [s for s in SAMPLES if s not in self.data_window]
@@ -230,15 +234,18 @@ def _sections(pack: ValidationPack) -> list[tuple[str, list]]:
                 _fmt(bads / rows) if rows else "n/a",
             )
         )
-    sections.append(
-        (
-            "Data window",
-            [
-                _Text("Out-of-time (oot) is the latest window, never seen in training or model selection."),
-                _Table(("Sample", "Start", "End", "Rows", "Bads", "Bad rate"), window_rows),
-            ],
-        )
-    )
+    window_blocks: list = [
+        _Text("Out-of-time (oot) is the latest window, never seen in training or model selection."),
+        _Table(("Sample", "Start", "End", "Rows", "Bads", "Bad rate"), window_rows),
+    ]
+    group = pack.data_window["validation"].get("held_out_by")
+    if group:
+        window_blocks.append(_Text(
+            f"Validation is held out by {group}: over the same dates as training, a stable hash of "
+            f"{group} sends {pack.data_window['validation'].get('entities', '?')} of them to validation and "
+            f"{pack.data_window['train'].get('entities', '?')} to training, so early stopping and the choice "
+            f"of algorithm are measured on entities whose defaults the model has not seen."))
+    sections.append(("Data window", window_blocks))
 
     feature_rows = [tuple(str(v) for v in f) for f in pack.features]
     sections.append(
@@ -275,6 +282,14 @@ def _sections(pack: ValidationPack) -> list[tuple[str, list]]:
         chosen_blocks.append(
             _Table(("Parameter", "Value"), [(str(k), _fmt(v)) for k, v in pack.parameters.items()])
         )
+    if pack.oot_unseen:
+        rows_ = pack.oot_unseen_rows
+        chosen_blocks.append(_Text(
+            f"Out-of-time rows of entities with no bad training row ({rows_.get('rows', '?')} rows, "
+            f"{rows_.get('bads', '?')} bads): the defaults no training label announced."))
+        chosen_blocks.append(_Table(("Algorithm", "AUC", "KS"), [
+            (f"{a} (chosen)" if a == pack.chosen else a, _metric("auc", ev.get("auc")), _metric("ks", ev.get("ks")))
+            for a, ev in pack.oot_unseen.items()]))
     chosen_blocks += _images(pack, "Chosen model")
     sections.append(("Chosen model", chosen_blocks))
 

@@ -77,6 +77,9 @@ class Family:
     key: str  # the observation's business key column
     oracle: str  # "application" | "loan_snapshot" | "supplier_snapshot": what an observation is (see _oracle)
     split_on: str = "obs_date"  # the date the out-of-time split uses
+    # the entity whose default labels several observations (validation held out by it, see
+    # models.training), or None for a split of validation by date
+    group_on: str | None = None
 
 
 def _build(module: str, fn: str, **kwargs) -> Callable:
@@ -120,7 +123,7 @@ def _families() -> dict[str, Family]:
         "supplier_pd": Family("supplier_pd", SUPPLIER_TABLES,
                               _mature(_build("supplier", "supplier_pd_dataset", horizon_days=supplier_horizon_days,
                                              snapshot_every_days=SUPPLIER_SNAPSHOT_DAYS), supplier_horizon_days),
-                              "supplier_id", "supplier_snapshot"),
+                              "supplier_id", "supplier_snapshot", group_on="supplier_id"),
         "post_loan_behaviour": Family("post_loan_behaviour", DEALER_TABLES, _cohorts(_build("post_loan",
                                       "post_loan_dataset")), "application_id", "loan_snapshot",
                                       split_on="drawdown_date"),
@@ -357,7 +360,7 @@ def train(family_name: str, pointer: dict, *, maker: str = SYSTEM_ACTOR, cfg=Non
     cfg = cfg or TrainConfig()
     df = pd.read_parquet(pointer["path"])
     names = feature_names(family_name)
-    result = fit_family(df, names, cfg, split_on=fam.split_on)
+    result = fit_family(df, names, cfg, split_on=fam.split_on, group_on=fam.group_on)
     oot_df = df[result.split.oot]
     y_oot = oot_df["label"].to_numpy()
     oracle = _oracle(fam, oot_df)
@@ -379,6 +382,9 @@ def train(family_name: str, pointer: dict, *, maker: str = SYSTEM_ACTOR, cfg=Non
             mlflow.log_metrics({f"oot.{algo}.{k}": float(v) for k, v in ev.items() if v is not None})
             mlflow.log_metrics({f"validation.{algo}.{k}": float(v) for k, v in result.validation[algo].items()
                                 if v is not None})
+        for algo, ev in result.oot_unseen.items():
+            if ev is not None:
+                mlflow.log_metrics({f"oot_unseen.{algo}.{k}": float(v) for k, v in ev.items() if v is not None})
         oot = result.oot_metrics()
         mlflow.log_metrics({f"oot.{k}": float(v) for k, v in oot.items() if v is not None})
         if oracle_auc is not None:
@@ -404,7 +410,9 @@ def train(family_name: str, pointer: dict, *, maker: str = SYSTEM_ACTOR, cfg=Non
         "family": family_name, "algorithm": result.chosen, "as_of": pointer["as_of"],
         "data_window": window, "features": [f["name"] for f in features_doc],
         "params": model.params, "git_commit": commit, "trained_by": maker,
-        "dataset_path": pointer["path"], "split_on": fam.split_on, "oot_metrics": {k: _round(v) for k, v in oot.items()},
+        "dataset_path": pointer["path"], "split_on": fam.split_on,
+        **({"held_out_by": fam.group_on, "oot_unseen_rows": result.oot_unseen_rows} if fam.group_on else {}),
+        "oot_metrics": {k: _round(v) for k, v in oot.items()},
         "scorecard_oot_auc": _round(result.oot["scorecard"]["auc"]) if "scorecard" in result.oot else None,
         "oracle_auc": _round(oracle_auc) if oracle_auc is not None else (
             "n/a (no simulator)" if oracle is None else f"n/a ({oracle.note})"),
@@ -569,6 +577,8 @@ def log_validation_pack(family_name: str, version: str, gate_result: dict | None
     rm = run.data.metrics
     algos = sorted({k.split(".")[1] for k in rm if k.count(".") == 2 and k.startswith("oot.")})
     candidates = {a: {k.split(".", 2)[2]: v for k, v in rm.items() if k.startswith(f"oot.{a}.")} for a in algos}
+    unseen = {a: {k.split(".", 2)[2]: v for k, v in rm.items() if k.startswith(f"oot_unseen.{a}.")} for a in algos}
+    unseen = {a: ev for a, ev in unseen.items() if ev}
     oot = json.loads(tags["oot_metrics"])
     local = Path(mlf.download_artifacts(mv.run_id, "validation"))
     stability = pd.read_csv(local / "stability.csv")
@@ -594,6 +604,7 @@ def log_validation_pack(family_name: str, version: str, gate_result: dict | None
         plots={"ROC and KS": "roc_ks.png", "Calibration": "calibration.png", "Feature PSI": "psi.png",
                "SHAP summary": "shap_summary.png"},
         parameters=json.loads(tags["params"]), git_commit=tags["git_commit"],
+        oot_unseen=unseen, oot_unseen_rows=json.loads(tags["oot_unseen_rows"]) if "oot_unseen_rows" in tags else {},
     )
     mlf.log_text(mv.run_id, render_markdown(pack), "validation/validation_pack.md")
     mlf.log_text(mv.run_id, render_html(pack), "validation/validation_pack.html")

@@ -58,3 +58,64 @@ def test_an_oot_window_without_enough_bads_fails_naming_it():
     df = panel(9, bad_every=1000)
     with pytest.raises(TrainingError, match="bad of"):
         oot_split(df)
+
+
+def supplier_panel(n_dates: int = 9, suppliers: int = 200, seed: int = 3) -> pd.DataFrame:
+    """``suppliers`` entities on each of ``n_dates`` weekly dates; a bad supplier is bad on every date."""
+    rng = np.random.default_rng(seed)
+    dates = pd.date_range("2025-10-02", periods=n_dates, freq="7D")
+    ids = np.array([f"S{i:04d}" for i in range(suppliers)])
+    bad = rng.random(suppliers) < 0.15
+    return pd.DataFrame({"obs_date": np.repeat(dates.to_numpy(), suppliers), "supplier_id": np.tile(ids, n_dates),
+                         "label": np.tile(bad, n_dates).astype(int)})
+
+
+def test_grouped_split_holds_out_whole_entities_before_the_same_oot_window():
+    df = supplier_panel()
+    by_date, grouped = oot_split(df), oot_split(df, group_column="supplier_id")
+    assert (grouped.oot == by_date.oot).all()  # the OOT window does not depend on the grouping
+    assert grouped.window["oot"]["start"] == by_date.window["oot"]["start"]
+    train_ids = set(df.supplier_id[grouped.train])
+    val_ids = set(df.supplier_id[grouped.validation])
+    assert train_ids and val_ids and not train_ids & val_ids
+    # both parts span every date before OOT
+    pre = sorted(pd.unique(df.obs_date[~grouped.oot]))
+    assert sorted(pd.unique(df.obs_date[grouped.train])) == pre == sorted(pd.unique(df.obs_date[grouped.validation]))
+    # fractions (0.6, 0.2, 0.2): a quarter of the entities validate, give or take the hash
+    assert 0.15 < len(val_ids) / df.supplier_id.nunique() < 0.35
+    assert grouped.window["validation"]["held_out_by"] == "supplier_id"
+    assert grouped.window["validation"]["entities"] == len(val_ids)
+    assert (grouped.train.astype(int) + grouped.validation + grouped.oot == 1).all()
+
+
+def test_grouped_split_is_stable_across_runs_and_dataset_sizes():
+    df = supplier_panel()
+    a = set(df.supplier_id[oot_split(df, group_column="supplier_id").validation])
+    small = df[df.supplier_id < "S0150"].reset_index(drop=True)
+    b = set(small.supplier_id[oot_split(small, group_column="supplier_id").validation])
+    assert b == {s for s in a if s < "S0150"}
+
+
+def test_grouped_split_names_a_missing_group_column():
+    with pytest.raises(TrainingError, match="supplier_id"):
+        oot_split(panel(9), group_column="supplier_id")
+
+
+def test_fit_family_reports_the_oot_rows_of_unseen_entities():
+    from models.trainers import TrainConfig
+    from models.training import fit_family
+
+    rng = np.random.default_rng(5)
+    df = supplier_panel(n_dates=9, suppliers=400)
+    df["x"] = df.label * 1.5 + rng.normal(size=len(df))
+    res = fit_family(df, ["x"], TrainConfig(num_boost_round=20, early_stopping_rounds=None),
+                     algorithms=("lightgbm", "scorecard"), group_on="supplier_id")
+    seen_bad = set(df.supplier_id[res.split.train & (df.label == 1).to_numpy()])
+    unseen = res.split.oot & ~df.supplier_id.isin(seen_bad).to_numpy()
+    assert res.oot_unseen_rows == {"rows": int(unseen.sum()), "bads": int(df.label[unseen].sum())}
+    assert 0 < res.oot_unseen_rows["bads"] < res.oot_unseen_rows["rows"]
+    assert set(res.oot_unseen) == {"lightgbm", "scorecard"}
+    assert res.oot_unseen["lightgbm"]["n"] == unseen.sum()
+    by_date = fit_family(df, ["x"], TrainConfig(num_boost_round=20, early_stopping_rounds=None),
+                         algorithms=("lightgbm",))
+    assert by_date.oot_unseen == {} and by_date.oot_unseen_rows == {}

@@ -243,3 +243,17 @@ def test_stability_read_back_from_csv_renders_its_periods(pack, tmp_path):
     text = render_markdown(round_trip)
     assert "| period | n | bads |" in text
     assert "| 2024-10 |" in text
+
+
+def test_validation_held_out_by_entity_and_unseen_oot_rows_are_stated(pack):
+    window = {k: dict(v) for k, v in pack.data_window.items()}
+    window["train"].update(entities=520, held_out_by="supplier_id")
+    window["validation"].update(entities=180, held_out_by="supplier_id")
+    grouped = dataclasses.replace(pack, data_window=window, oot_unseen_rows={"rows": 2017, "bads": 18},
+                                  oot_unseen={pack.chosen: {"auc": 0.8179, "ks": 0.61}, "scorecard": {"auc": 0.8022}})
+    text = render_markdown(grouped)
+    assert "Validation is held out by supplier_id" in text and "sends 180 of them to validation and 520" in text
+    assert "(2017 rows, 18 bads)" in text
+    assert f"| {pack.chosen} (chosen) | 0.8179 |" in text and "| scorecard | 0.8022 |" in text
+    plain = render_markdown(pack)
+    assert "held out by" not in plain and "no bad training row" not in plain
