@@ -112,10 +112,12 @@ def _arrow_strings(values):
 def positions(index, ids) -> np.ndarray:
     """Positions of ``ids`` in ``index`` (unique keys), -1 for an id not in it or missing.
 
-    Strings are matched in Arrow (one hash table of the keys, no Python object per value);
-    other values by one factorisation of both (hashing objects once) instead of
-    ``Index.get_indexer``, which is several times slower on millions of string keys. Where a
-    key repeats, its last position (both ways).
+    Strings are matched in Arrow (no Python object per value): a hash table of the smaller
+    side, probed with the other (building the table is most of the cost: a table of 2 M
+    inventory VINs probed with 100,000 application VINs took 3x as long as the table of the
+    distinct application VINs probed with the 2 M VINs); other values by one factorisation of
+    both (hashing objects once) instead of ``Index.get_indexer``, which is several times slower
+    on millions of string keys. Where a key repeats, its last position (both ways).
     """
     import pyarrow.compute as pc
 
@@ -123,13 +125,32 @@ def positions(index, ids) -> np.ndarray:
     values = _arrow_strings(ids) if keys is not None and not keys.null_count else None
     if values is not None:
         n = len(keys)
-        found = pc.index_in(values, value_set=keys[::-1], skip_nulls=True).fill_null(-1).to_numpy()
-        return np.where(found >= 0, n - 1 - found, -1).astype(np.int64)
+        if len(values) >= n:
+            found = pc.index_in(values, value_set=keys[::-1], skip_nulls=True).fill_null(-1).to_numpy()
+            return np.where(found >= 0, n - 1 - found, -1).astype(np.int64)
+        return _positions_by_values(keys, values)
     keys, values = _objects(index), _objects(ids)
     codes, uniques = pd.factorize(np.concatenate([keys, values]))
     lookup = np.full(len(uniques) + 1, -1, dtype=np.int64)
     lookup[codes[: len(keys)]] = np.arange(len(keys))
     return lookup[codes[len(keys):]]  # a missing id has code -1: the extra last slot, -1
+
+
+def _positions_by_values(keys, values) -> np.ndarray:
+    """:func:`positions` of Arrow strings with a hash table of the distinct ``values``, probed
+    with every key (the keys hold no null)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    encoded = pc.dictionary_encode(values)
+    if isinstance(encoded, pa.ChunkedArray):
+        encoded = encoded.combine_chunks()
+    distinct, codes = encoded.dictionary, encoded.indices  # a null value: a null code
+    hit = pc.index_in(keys, value_set=distinct).fill_null(-1).to_numpy().astype(np.int64)
+    rows = np.flatnonzero(hit >= 0)
+    last = np.full(len(distinct) + 1, -1, dtype=np.int64)  # the extra last slot: a null value
+    np.maximum.at(last, hit[rows], rows)  # a repeated key: its last position
+    return last[codes.fill_null(len(distinct)).to_numpy().astype(np.int64)]
 
 
 def first_known(pos: np.ndarray, n: int, known: np.ndarray) -> np.ndarray:
