@@ -332,21 +332,66 @@ def _read_populations(paths: dict) -> Populations:
     return Populations(features, labels)
 
 
-def _population_features(family: str, frames: dict, as_of: dt.date) -> pd.DataFrame:
+def _recent_applications(frames: dict, as_of: dt.date) -> pd.DataFrame:
+    """The dealer_pd population at ``as_of``: the applications known and applied in the last
+    ``DEALER_MONITOR_DAYS`` days (each once)."""
+    day = pd.Timestamp(as_of)
+    apps = frames["dealer.loan_applications"]
+    recent = apps[(apps.updated_at < day) & (apps.applied_at < day)
+                  & (apps.applied_at >= day - pd.Timedelta(days=DEALER_MONITOR_DAYS))]
+    return recent.drop_duplicates("application_id")
+
+
+class _SharedPanel:
+    """One dealer panel for the behaviour book's features and the dealer_pd population's, when
+    both start on the same day (each builder sums a panel's weights along the days from its first
+    day: a panel started on another day could differ in the last bits of a float feature, so
+    otherwise each gets its own, as before). Building the panel (sales, stock, loans, audits of
+    every dealer on every day, and the VIN join of inventory and sales) is most of the time of
+    either; the features read from it are the same (a later last day changes no earlier day)."""
+
+    def __init__(self, frames: dict, as_of: dt.date):
+        from features.panel import day_numbers
+
+        self._frames = frames
+        self.recent = _recent_applications(frames, as_of)  # the dealer_pd population
+        applied = day_numbers(self.recent["applied_at"])
+        # application_features' own panel spans the applied days
+        self.dealer_pd_days = (int(applied.min()), int(applied.max())) if len(applied) else None
+        self.panel = None
+
+    def __call__(self, lo: int, hi: int):
+        """The behaviour book's panel (``post_loan_features``' ``make_panel``), reaching the
+        dealer_pd days too when it starts on their first day."""
+        from features.dealer import DealerPanel, Loans, dealer_index
+
+        if self.dealer_pd_days is not None and self.dealer_pd_days[0] == lo:
+            hi = max(hi, self.dealer_pd_days[1])
+        self.panel = DealerPanel(self._frames, lo, hi, loans=Loans.build(self._frames, dealer_index(self._frames)[0]))
+        return self.panel
+
+    def for_dealer_pd(self):
+        """The panel when it starts on the dealer_pd population's first day and reaches its last
+        (else None: application_features builds its own)."""
+        p, days = self.panel, self.dealer_pd_days
+        return p if p is not None and days is not None and p.grid.first == days[0] and p.grid.last >= days[1] else None
+
+
+def _population_features(family: str, frames: dict, as_of: dt.date, shared: _SharedPanel | None = None) -> pd.DataFrame:
     """The features (float64, ``feature_names(family)``, rows from 0) of the population the
     ``family`` champion scores at ``as_of``: dealer_pd the applications of the last
-    ``DEALER_MONITOR_DAYS`` days, supplier_pd every supplier."""
+    ``DEALER_MONITOR_DAYS`` days, supplier_pd every supplier. ``shared``: the behaviour book's
+    panel, read for dealer_pd when it starts on the same day (:class:`_SharedPanel`)."""
     from features.definitions import feature_names
 
     names = list(feature_names(family))
-    day = pd.Timestamp(as_of)
     if family == "dealer_pd":
         from features.dealer import application_features
 
-        apps = frames["dealer.loan_applications"]
-        recent = apps[(apps.updated_at < day) & (apps.applied_at < day)
-                      & (apps.applied_at >= day - pd.Timedelta(days=DEALER_MONITOR_DAYS))]
-        feats = application_features(frames, recent.drop_duplicates("application_id"))
+        if shared is None:
+            feats = application_features(frames, _recent_applications(frames, as_of))
+        else:
+            feats = application_features(frames, shared.recent, panel=shared.for_dealer_pd())
     elif family == "supplier_pd":
         from features.supplier import supplier_features
 
@@ -400,9 +445,11 @@ def _early_warning(business_date: dt.date, warehouse: Warehouse | None) -> dict:
     cfg = ew.EW_CONFIG_V1
     loans = _live_loans(frames, as_of)
     scored = pd.DataFrame(columns=["application_id", "dealer_id", "pd"])  # as_of, model_version: constants
+    shared = _SharedPanel(frames, as_of)
     if len(loans):
         feats = post_loan_features(frames, pd.DataFrame({"application_id": loans.application_id.to_numpy(),
-                                                         "as_of": pd.Timestamp(as_of)}), indexed=False)
+                                                         "as_of": pd.Timestamp(as_of)}), indexed=False,
+                                   make_panel=shared)
         X = feats[feature_names("post_loan_behaviour")].astype("float64")
         pds = _pd_only(model, X)
         scored = pd.DataFrame({"application_id": loans.application_id.to_numpy(),
@@ -411,7 +458,7 @@ def _early_warning(business_date: dt.date, warehouse: Warehouse | None) -> dict:
         X, pds = pd.DataFrame(columns=list(feature_names("post_loan_behaviour")), dtype="float64"), np.zeros(0)
     behaviour_file = _write_behaviour(business_date, str(version), X, pds)
     population_files = _write_populations(
-        business_date, {family: _population_features(family, frames, as_of) for family in POPULATION_FAMILIES},
+        business_date, {family: _population_features(family, frames, as_of, shared) for family in POPULATION_FAMILIES},
         _matured_labels(frames, pd.Timestamp(as_of)))
     # a dealer's behaviour score: the exposure-weighted mean PD of its performing loans (the
     # expected bad share of its book)
