@@ -74,13 +74,13 @@ BASELINE_SAMPLE = 50_000
 DEALER_MONITOR_DAYS = 30  # the dealer_pd population: applications of the last 30 days
 
 
-def _read_frames(w: Warehouse) -> dict:
-    """The published dealer and ERP tables monitoring reads, only the columns the builders and
-    rules use (:data:`features.dealer.DEALER_COLUMNS`, :data:`ERP_COLUMNS`)."""
+def _read_frames(w: Warehouse, names: tuple[str, ...] = DEALER_FRAMES + ERP_FRAMES) -> dict:
+    """The published dealer and ERP tables monitoring reads (``names``: those of them), only the
+    columns the builders and rules use (:data:`features.dealer.DEALER_COLUMNS`, :data:`ERP_COLUMNS`)."""
     from features.dealer import DEALER_COLUMNS
 
-    return w.read_frames(DEALER_FRAMES + ERP_FRAMES,
-                         columns={**{k: DEALER_COLUMNS[k] for k in DEALER_FRAMES}, **ERP_COLUMNS})
+    columns = {**{k: DEALER_COLUMNS[k] for k in DEALER_FRAMES}, **ERP_COLUMNS}
+    return w.read_frames(names, columns={k: columns[k] for k in names})
 
 
 def _now() -> dt.datetime:
@@ -437,29 +437,43 @@ def _early_warning(business_date: dt.date, warehouse: Warehouse | None) -> dict:
     w.metadata.create_all(w.engine, checkfirst=True)
     t = w.lending
     as_of = business_date + dt.timedelta(days=1)
-    # the champion is loaded while the reader process reads the published tables
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="early-warning-read") as pool:
-        reading = pool.submit(_read_frames, w)
-        version, model = champion("post_loan_behaviour")
-        frames = reading.result()
     cfg = ew.EW_CONFIG_V1
+    # the champion is loaded while two reader processes read the published tables; the ERP
+    # tables are small and come first: the supplier rules and the supplier_pd population are
+    # computed while the dealer tables are still being read
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="early-warning-read") as pool:
+        dealer_reading = pool.submit(_read_frames, w, DEALER_FRAMES)
+        erp_reading = pool.submit(_read_frames, w, ERP_FRAMES)
+        version, model = champion("post_loan_behaviour")
+        erp = erp_reading.result()
+        supplier_signals = ew.supplier_signals(erp, as_of, cfg)
+        supplier_population = _population_features("supplier_pd", erp, as_of)
+        frames = {**dealer_reading.result(), **erp}
     loans = _live_loans(frames, as_of)
     scored = pd.DataFrame(columns=["application_id", "dealer_id", "pd"])  # as_of, model_version: constants
     shared = _SharedPanel(frames, as_of)
+    # the champion scores the book (native code, the GIL released) while the dealer rules and
+    # populations are computed
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="early-warning-score") as pool:
+        if len(loans):
+            feats = post_loan_features(frames, pd.DataFrame({"application_id": loans.application_id.to_numpy(),
+                                                             "as_of": pd.Timestamp(as_of)}), indexed=False,
+                                       make_panel=shared)
+            X = feats[feature_names("post_loan_behaviour")].astype("float64")
+            scoring = pool.submit(_pd_only, model, X)
+        else:
+            X = pd.DataFrame(columns=list(feature_names("post_loan_behaviour")), dtype="float64")
+            scoring = None
+        populations = {"dealer_pd": _population_features("dealer_pd", frames, as_of, shared),
+                       "supplier_pd": supplier_population}
+        labels = _matured_labels(frames, pd.Timestamp(as_of))
+        dealer_signals = ew.dealer_signals(frames, as_of, cfg, duplicate_vins=duplicate_vins(w))
+        pds = scoring.result() if scoring is not None else np.zeros(0)
     if len(loans):
-        feats = post_loan_features(frames, pd.DataFrame({"application_id": loans.application_id.to_numpy(),
-                                                         "as_of": pd.Timestamp(as_of)}), indexed=False,
-                                   make_panel=shared)
-        X = feats[feature_names("post_loan_behaviour")].astype("float64")
-        pds = _pd_only(model, X)
         scored = pd.DataFrame({"application_id": loans.application_id.to_numpy(),
                                "dealer_id": loans.dealer_id.to_numpy(), "pd": pds})
-    else:
-        X, pds = pd.DataFrame(columns=list(feature_names("post_loan_behaviour")), dtype="float64"), np.zeros(0)
     behaviour_file = _write_behaviour(business_date, str(version), X, pds)
-    population_files = _write_populations(
-        business_date, {family: _population_features(family, frames, as_of, shared) for family in POPULATION_FAMILIES},
-        _matured_labels(frames, pd.Timestamp(as_of)))
+    population_files = _write_populations(business_date, populations, labels)
     # a dealer's behaviour score: the exposure-weighted mean PD of its performing loans (the
     # expected bad share of its book)
     weight = loans.outstanding_fen.astype(float).to_numpy() if len(scored) else np.zeros(0)
@@ -468,8 +482,8 @@ def _early_warning(business_date: dt.date, warehouse: Warehouse | None) -> dict:
     scores = (wpd / wsum).rename("score").reset_index().rename(columns={"dealer_id": "borrower_id"}).assign(
         borrower_type="dealer")
     signals = pd.concat([
-        ew.dealer_signals(frames, as_of, cfg, duplicate_vins=duplicate_vins(w)),
-        ew.supplier_signals(frames, as_of, cfg),
+        dealer_signals,
+        supplier_signals,
         ew.score_signals(scores[["borrower_type", "borrower_id", "score"]], cfg),
     ], ignore_index=True)
     borrowers = pd.concat([
