@@ -14,6 +14,7 @@ loan (1 if not repaid before ``due + DEALER_GRACE_DAYS``), so only matured loans
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
@@ -70,7 +71,8 @@ def _features(frames: Frames, loans: Loans, panel: DealerPanel, loan: np.ndarray
     return out[feature_names(POST_LOAN)]
 
 
-def post_loan_features(frames: Frames, loans: pd.DataFrame, *, indexed: bool = True) -> pd.DataFrame:
+def post_loan_features(frames: Frames, loans: pd.DataFrame, *, indexed: bool = True,
+                       make_panel: Callable[[int, int], DealerPanel] | None = None) -> pd.DataFrame:
     """Features of loans on dates: ``loans`` has columns ``application_id`` and ``as_of`` (dates).
 
     Returns a frame indexed by (application_id, as_of) with ``feature_names("post_loan_behaviour")``.
@@ -78,8 +80,17 @@ def post_loan_features(frames: Frames, loans: pd.DataFrame, *, indexed: bool = T
     order of ``loans`` with a plain 0..n-1 index instead (building the index of a book of ~1 M
     loans costs more than half a second, wasted on a caller that aligns by position).
 
+    ``make_panel(lo, hi)``: the :class:`DealerPanel` of ``frames`` to read, for the days ``lo``
+    (the earliest drawdown or as-of date) .. ``hi`` (the latest as-of date); default
+    ``DealerPanel(frames, lo, hi)``. A caller that needs dealer features of other days too may
+    return a panel reaching further (it then reads the same panel). The panel must start on
+    ``lo``: it sums weights along the days from its first day, so a panel starting on another day
+    can differ in the last bits of a float feature from this function's own.
+
     Raises:
-        FeatureError: if a table or column is missing or an application id is unknown.
+        FeatureError: if a table or column is missing or an application id is unknown, or the
+            panel of ``make_panel`` does not start on ``lo``, ends before ``hi`` or is not over
+            the dealers of ``frames``.
     """
     missing = [c for c in ("application_id", "as_of") if c not in loans.columns]
     if missing:
@@ -93,8 +104,15 @@ def post_loan_features(frames: Frames, loans: pd.DataFrame, *, indexed: bool = T
     day = day_numbers(loans["as_of"])
     if not len(day):
         raise FeatureError("post_loan_features needs at least one loan")
-    lo = int(min(day.min(), book.applied[loan].min()))
-    panel = DealerPanel(frames, lo, int(day.max()), loans=book)
+    lo, hi = int(min(day.min(), book.applied[loan].min())), int(day.max())
+    if make_panel is None:
+        panel = DealerPanel(frames, lo, hi, loans=book)
+    else:
+        panel = make_panel(lo, hi)
+        if panel.grid.first != lo or panel.grid.last < hi or not panel.index.equals(dealers):
+            raise FeatureError(f"the dealer panel must start on day {lo}, reach day {hi} and be over the "
+                               f"{len(dealers)} dealers of the frames; it spans {panel.grid.first}.."
+                               f"{panel.grid.last} over {len(panel.index)} dealers")
     out = _features(frames, book, panel, loan, day)
     if not indexed:
         return out

@@ -74,13 +74,13 @@ BASELINE_SAMPLE = 50_000
 DEALER_MONITOR_DAYS = 30  # the dealer_pd population: applications of the last 30 days
 
 
-def _read_frames(w: Warehouse) -> dict:
-    """The published dealer and ERP tables monitoring reads, only the columns the builders and
-    rules use (:data:`features.dealer.DEALER_COLUMNS`, :data:`ERP_COLUMNS`)."""
+def _read_frames(w: Warehouse, names: tuple[str, ...] = DEALER_FRAMES + ERP_FRAMES) -> dict:
+    """The published dealer and ERP tables monitoring reads (``names``: those of them), only the
+    columns the builders and rules use (:data:`features.dealer.DEALER_COLUMNS`, :data:`ERP_COLUMNS`)."""
     from features.dealer import DEALER_COLUMNS
 
-    return w.read_frames(DEALER_FRAMES + ERP_FRAMES,
-                         columns={**{k: DEALER_COLUMNS[k] for k in DEALER_FRAMES}, **ERP_COLUMNS})
+    columns = {**{k: DEALER_COLUMNS[k] for k in DEALER_FRAMES}, **ERP_COLUMNS}
+    return w.read_frames(names, columns={k: columns[k] for k in names})
 
 
 def _now() -> dt.datetime:
@@ -332,21 +332,66 @@ def _read_populations(paths: dict) -> Populations:
     return Populations(features, labels)
 
 
-def _population_features(family: str, frames: dict, as_of: dt.date) -> pd.DataFrame:
+def _recent_applications(frames: dict, as_of: dt.date) -> pd.DataFrame:
+    """The dealer_pd population at ``as_of``: the applications known and applied in the last
+    ``DEALER_MONITOR_DAYS`` days (each once)."""
+    day = pd.Timestamp(as_of)
+    apps = frames["dealer.loan_applications"]
+    recent = apps[(apps.updated_at < day) & (apps.applied_at < day)
+                  & (apps.applied_at >= day - pd.Timedelta(days=DEALER_MONITOR_DAYS))]
+    return recent.drop_duplicates("application_id")
+
+
+class _SharedPanel:
+    """One dealer panel for the behaviour book's features and the dealer_pd population's, when
+    both start on the same day (each builder sums a panel's weights along the days from its first
+    day: a panel started on another day could differ in the last bits of a float feature, so
+    otherwise each gets its own, as before). Building the panel (sales, stock, loans, audits of
+    every dealer on every day, and the VIN join of inventory and sales) is most of the time of
+    either; the features read from it are the same (a later last day changes no earlier day)."""
+
+    def __init__(self, frames: dict, as_of: dt.date):
+        from features.panel import day_numbers
+
+        self._frames = frames
+        self.recent = _recent_applications(frames, as_of)  # the dealer_pd population
+        applied = day_numbers(self.recent["applied_at"])
+        # application_features' own panel spans the applied days
+        self.dealer_pd_days = (int(applied.min()), int(applied.max())) if len(applied) else None
+        self.panel = None
+
+    def __call__(self, lo: int, hi: int):
+        """The behaviour book's panel (``post_loan_features``' ``make_panel``), reaching the
+        dealer_pd days too when it starts on their first day."""
+        from features.dealer import DealerPanel, Loans, dealer_index
+
+        if self.dealer_pd_days is not None and self.dealer_pd_days[0] == lo:
+            hi = max(hi, self.dealer_pd_days[1])
+        self.panel = DealerPanel(self._frames, lo, hi, loans=Loans.build(self._frames, dealer_index(self._frames)[0]))
+        return self.panel
+
+    def for_dealer_pd(self):
+        """The panel when it starts on the dealer_pd population's first day and reaches its last
+        (else None: application_features builds its own)."""
+        p, days = self.panel, self.dealer_pd_days
+        return p if p is not None and days is not None and p.grid.first == days[0] and p.grid.last >= days[1] else None
+
+
+def _population_features(family: str, frames: dict, as_of: dt.date, shared: _SharedPanel | None = None) -> pd.DataFrame:
     """The features (float64, ``feature_names(family)``, rows from 0) of the population the
     ``family`` champion scores at ``as_of``: dealer_pd the applications of the last
-    ``DEALER_MONITOR_DAYS`` days, supplier_pd every supplier."""
+    ``DEALER_MONITOR_DAYS`` days, supplier_pd every supplier. ``shared``: the behaviour book's
+    panel, read for dealer_pd when it starts on the same day (:class:`_SharedPanel`)."""
     from features.definitions import feature_names
 
     names = list(feature_names(family))
-    day = pd.Timestamp(as_of)
     if family == "dealer_pd":
         from features.dealer import application_features
 
-        apps = frames["dealer.loan_applications"]
-        recent = apps[(apps.updated_at < day) & (apps.applied_at < day)
-                      & (apps.applied_at >= day - pd.Timedelta(days=DEALER_MONITOR_DAYS))]
-        feats = application_features(frames, recent.drop_duplicates("application_id"))
+        if shared is None:
+            feats = application_features(frames, _recent_applications(frames, as_of))
+        else:
+            feats = application_features(frames, shared.recent, panel=shared.for_dealer_pd())
     elif family == "supplier_pd":
         from features.supplier import supplier_features
 
@@ -392,27 +437,43 @@ def _early_warning(business_date: dt.date, warehouse: Warehouse | None) -> dict:
     w.metadata.create_all(w.engine, checkfirst=True)
     t = w.lending
     as_of = business_date + dt.timedelta(days=1)
-    # the champion is loaded while the reader process reads the published tables
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="early-warning-read") as pool:
-        reading = pool.submit(_read_frames, w)
-        version, model = champion("post_loan_behaviour")
-        frames = reading.result()
     cfg = ew.EW_CONFIG_V1
+    # the champion is loaded while two reader processes read the published tables; the ERP
+    # tables are small and come first: the supplier rules and the supplier_pd population are
+    # computed while the dealer tables are still being read
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="early-warning-read") as pool:
+        dealer_reading = pool.submit(_read_frames, w, DEALER_FRAMES)
+        erp_reading = pool.submit(_read_frames, w, ERP_FRAMES)
+        version, model = champion("post_loan_behaviour")
+        erp = erp_reading.result()
+        supplier_signals = ew.supplier_signals(erp, as_of, cfg)
+        supplier_population = _population_features("supplier_pd", erp, as_of)
+        frames = {**dealer_reading.result(), **erp}
     loans = _live_loans(frames, as_of)
     scored = pd.DataFrame(columns=["application_id", "dealer_id", "pd"])  # as_of, model_version: constants
+    shared = _SharedPanel(frames, as_of)
+    # the champion scores the book (native code, the GIL released) while the dealer rules and
+    # populations are computed
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="early-warning-score") as pool:
+        if len(loans):
+            feats = post_loan_features(frames, pd.DataFrame({"application_id": loans.application_id.to_numpy(),
+                                                             "as_of": pd.Timestamp(as_of)}), indexed=False,
+                                       make_panel=shared)
+            X = feats[feature_names("post_loan_behaviour")].astype("float64")
+            scoring = pool.submit(_pd_only, model, X)
+        else:
+            X = pd.DataFrame(columns=list(feature_names("post_loan_behaviour")), dtype="float64")
+            scoring = None
+        populations = {"dealer_pd": _population_features("dealer_pd", frames, as_of, shared),
+                       "supplier_pd": supplier_population}
+        labels = _matured_labels(frames, pd.Timestamp(as_of))
+        dealer_signals = ew.dealer_signals(frames, as_of, cfg, duplicate_vins=duplicate_vins(w))
+        pds = scoring.result() if scoring is not None else np.zeros(0)
     if len(loans):
-        feats = post_loan_features(frames, pd.DataFrame({"application_id": loans.application_id.to_numpy(),
-                                                         "as_of": pd.Timestamp(as_of)}), indexed=False)
-        X = feats[feature_names("post_loan_behaviour")].astype("float64")
-        pds = _pd_only(model, X)
         scored = pd.DataFrame({"application_id": loans.application_id.to_numpy(),
                                "dealer_id": loans.dealer_id.to_numpy(), "pd": pds})
-    else:
-        X, pds = pd.DataFrame(columns=list(feature_names("post_loan_behaviour")), dtype="float64"), np.zeros(0)
     behaviour_file = _write_behaviour(business_date, str(version), X, pds)
-    population_files = _write_populations(
-        business_date, {family: _population_features(family, frames, as_of) for family in POPULATION_FAMILIES},
-        _matured_labels(frames, pd.Timestamp(as_of)))
+    population_files = _write_populations(business_date, populations, labels)
     # a dealer's behaviour score: the exposure-weighted mean PD of its performing loans (the
     # expected bad share of its book)
     weight = loans.outstanding_fen.astype(float).to_numpy() if len(scored) else np.zeros(0)
@@ -421,8 +482,8 @@ def _early_warning(business_date: dt.date, warehouse: Warehouse | None) -> dict:
     scores = (wpd / wsum).rename("score").reset_index().rename(columns={"dealer_id": "borrower_id"}).assign(
         borrower_type="dealer")
     signals = pd.concat([
-        ew.dealer_signals(frames, as_of, cfg, duplicate_vins=duplicate_vins(w)),
-        ew.supplier_signals(frames, as_of, cfg),
+        dealer_signals,
+        supplier_signals,
         ew.score_signals(scores[["borrower_type", "borrower_id", "score"]], cfg),
     ], ignore_index=True)
     borrowers = pd.concat([
