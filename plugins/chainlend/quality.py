@@ -106,7 +106,9 @@ def gate_inputs(warehouse: Warehouse, contract: Table, business_date: dt.date,
             keys = _present(conn, parent.c[pcol], sorted(values))
             parent_keys[f"{ptable}.{pcol}"] = pd.Index(keys, dtype="str")
         used_vins = None
-        if contract.unique_vin:
+        # a VIN-keyed table's uniqueness is its key's (unique:vin): the flag that reads the VINs
+        # published by other keys exists only for other keys (expectations.frames.add_flags)
+        if contract.unique_vin and contract.key != "vin":
             pub = warehouse.published(contract)
             vins = _distinct_str(frame, "vin")
             q = conn.dialect.identifier_preparer
