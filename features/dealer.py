@@ -33,8 +33,10 @@ from features.definitions import (
     LONG_WINDOW,
     MID_WINDOW,
     OLD_STOCK_DAYS,
+    MID_TERM_DAYS,
     OVERDUE_NOW_MAX_DPD,
     SHORT_WINDOW,
+    SOLD_OUT_OF_TRUST_DAYS,
     YEAR_WINDOW,
     feature_names,
 )
@@ -232,13 +234,38 @@ class DealerPanel:
                                                 np.minimum(ln.repaid_known, written_off))
         p["overdue_30_now"] = g.interval_sum(ln.dealer, np.maximum(ln.known, ln.bad_day),
                                              np.minimum(ln.repaid_known, written_off))
-        reps = require(frames, REPAYMENTS, ("dealer_id", "due_on", "paid_at", "updated_at"))
+        reps = require(frames, REPAYMENTS, ("application_id", "dealer_id", "due_on", "paid_at", "updated_at"))
         paid, rep_known = timing(reps, REPAYMENTS)
         r_dealer = positions(self.index, reps["dealer_id"])
         late = (paid > day_numbers(reps["due_on"])).astype(np.float64)
         p["late_repay_share_180d"] = ratio(g.window_sum(r_dealer, paid, rep_known, LONG_WINDOW, late),
                                            g.window_sum(r_dealer, paid, rep_known, LONG_WINDOW))
         p["late_repays_known"] = g.cumulative_sum(r_dealer, rep_known, late)
+        # sold out of trust: a floor-plan loan is to be repaid when its car is sold; days from the
+        # sale to the repayment, for the repayments of the last 180 days whose car's sale is known
+        # (counted from the day both rows are known; a car repaid before its sale counts 0 days)
+        rep_loan = positions(ln.ids, reps["application_id"])
+        rep_sale = positions(pd.Index(sales["vin"].to_numpy()),
+                             pd.Series(np.append(ln.vin, None)[rep_loan], dtype=object))
+        sold_of_rep = np.append(sold, NEVER)[rep_sale]
+        has_sale = rep_sale >= 0
+        after_sale = np.where(has_sale, np.clip(paid - sold_of_rep, 0, None), np.nan).astype(np.float64)
+        sot_known = np.maximum(rep_known, np.append(sale_known, NEVER)[rep_sale])
+        sot_n = g.window_sum(r_dealer, paid, sot_known, LONG_WINDOW, np.where(has_sale, 1.0, np.nan))
+        p["sale_to_repay_days_180d"] = ratio(g.window_sum(r_dealer, paid, sot_known, LONG_WINDOW, after_sale),
+                                             sot_n)
+        p["repaid_late_after_sale_share_180d"] = ratio(
+            g.window_sum(r_dealer, paid, sot_known, LONG_WINDOW,
+                         np.where(has_sale, (after_sale > SOLD_OUT_OF_TRUST_DAYS).astype(np.float64), np.nan)),
+            sot_n)
+        # the loan terms the dealer asks for: its applications of the last 90 days
+        p["applications_90d"] = g.window_sum(ln.dealer, ln.applied, ln.known, MID_WINDOW)
+        p["ltv_mean_90d"] = ratio(g.window_sum(ln.dealer, ln.applied, ln.known, MID_WINDOW, ln.ltv),
+                                  g.window_sum(ln.dealer, ln.applied, ln.known, MID_WINDOW,
+                                               np.where(np.isnan(ln.ltv), np.nan, 1.0)))
+        p["long_term_share_90d"] = ratio(
+            g.window_sum(ln.dealer, ln.applied, ln.known, MID_WINDOW, (ln.term > MID_TERM_DAYS).astype(np.float64)),
+            p["applications_90d"])
 
         # floor audits
         aud = require(frames, AUDITS, ("dealer_id", "audited_at", "vehicles_expected", "vehicles_found",

@@ -31,6 +31,9 @@ OVERDUE_NOW_MAX_DPD = 90
 LONG_WINDOW = 180
 YEAR_WINDOW = 365
 OLD_STOCK_DAYS = 60
+# a financed car's loan repaid more than this many days after the car was sold: sold out of trust
+SOLD_OUT_OF_TRUST_DAYS = 5
+MID_TERM_DAYS = 60  # terms above it are long (the platform offers 30, 60 and 90 days)
 
 
 @dataclass(frozen=True)
@@ -66,6 +69,14 @@ _DEALER_LEVEL = (
     ("overdue_loans_now", "the dealer's loans 1-90 days past their due date and not repaid at the as-of date",
      "count"),
     ("overdue_30_now", "the dealer's loans 30-90 days past due and not repaid at the as-of date", "count"),
+    ("sale_to_repay_days_180d", "mean days from the financed car's sale to the loan's repayment (0 if repaid "
+                                "before the sale), over the repayments of the last 180 days whose car's sale is "
+                                "known; NaN if none", "days"),
+    ("repaid_late_after_sale_share_180d", "share of those repayments made more than 5 days after the car's sale "
+                                          "(sold out of trust); NaN if none", "share"),
+    ("applications_90d", "the dealer's order-loan applications of the last 90 days", "count"),
+    ("ltv_mean_90d", "mean requested amount / appraised value of those applications; NaN if none", "ratio"),
+    ("long_term_share_90d", "share of those applications asking for a term over 60 days; NaN if none", "share"),
     ("audits_180d", "floor audits of the dealer in the last 180 days", "count"),
     ("audit_skips_180d", "floor audits the dealer skipped in the last 180 days", "count"),
     ("audit_missing_share_180d", "cars missing / cars expected at the completed audits of the last 180 days; "

@@ -92,6 +92,17 @@ _MODEL_TEXTS: dict[str, tuple[str, str]] = {
     "bad_loan_share_365d": ("近一年到期贷款中逾期30天以上未还的占比偏高",
                             "A high share of the dealer's loans of the last year went 30+ days past due"),
     "late_repay_share_180d": ("近180天逾期还款占比偏高", "A high share of repayments in the last 180 days were late"),
+    "sale_to_repay_days_180d": ("近180天车辆售出后还款偏慢",
+                                "Loans of the last 180 days were repaid slowly after their cars were sold"),
+    "repaid_late_after_sale_share_180d": ("近180天车辆售出超过5天才还款的占比偏高（售车未及时还款）",
+                                          "A high share of recent loans were repaid more than 5 days after "
+                                          "the car was sold (sold out of trust)"),
+    "applications_90d": ("近90天融资申请数量对风险不利", "The number of loan applications in the last 90 days "
+                                                         "points to risk"),
+    "ltv_mean_90d": ("近90天申请的贷款价值比偏高", "The dealer's applications of the last 90 days asked for a high "
+                                                   "loan-to-value"),
+    "long_term_share_90d": ("近90天申请长期限贷款的占比偏高", "A high share of the dealer's recent applications "
+                                                              "asked for long terms"),
     "overdue_loans_now": ("当前有逾期未还贷款", "The dealer has loans past due and unpaid now"),
     "overdue_30_now": ("当前有逾期30天以上未还贷款", "The dealer has loans 30+ days past due and unpaid now"),
     "audits_180d": ("近180天库存核查次数对风险不利（核查覆盖不足）",

@@ -83,6 +83,7 @@ class ValidationPack:
     # entities with no bad training row, and {"rows", "bads"} of that subset; {} otherwise
     oot_unseen: dict = field(default_factory=dict)
     oot_unseen_rows: dict = field(default_factory=dict)
+    choice: str | None = None  # why the chosen algorithm was chosen (models.training.choose)
 
     def __post_init__(self) -> None:
         missing = [s for s in SAMPLES if s not in self.data_window]
@@ -278,6 +279,8 @@ def _sections(pack: ValidationPack) -> list[tuple[str, list]]:
         ),
         _Table(("Metric", "Out-of-time"), [(k, _metric(k, v)) for k, v in pack.oot.items()]),
     ]
+    if pack.choice:
+        chosen_blocks.insert(1, _Text(f"Choice on the validation sample: {pack.choice}."))
     if pack.parameters:
         chosen_blocks.append(
             _Table(("Parameter", "Value"), [(str(k), _fmt(v)) for k, v in pack.parameters.items()])

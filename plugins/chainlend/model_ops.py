@@ -373,7 +373,7 @@ def train(family_name: str, pointer: dict, *, maker: str = SYSTEM_ACTOR, cfg=Non
     window = result.split.window
     with mlflow.start_run(experiment_id=exp, run_name=f"{family_name} as of {pointer['as_of']}") as run:
         mlflow.set_tags({"family": family_name, "as_of": pointer["as_of"], "git_commit": commit,
-                         "trained_by": maker, "chosen_algorithm": result.chosen})
+                         "trained_by": maker, "chosen_algorithm": result.chosen, "choice": result.choice})
         mlflow.log_params({"algorithm": result.chosen, "seed": cfg.seed, "threads": cfg.threads,
                            "features": len(names), "dataset": pointer["path"],
                            **{f"window.{p}.{k}": v for p, w in window.items() for k, v in w.items()},
@@ -407,7 +407,7 @@ def train(family_name: str, pointer: dict, *, maker: str = SYSTEM_ACTOR, cfg=Non
     features_doc = [{"name": f.name, "unit": f.unit} for f in FEATURES[family_name]]
     reg = registry()
     version = reg.register(family_name, info.model_uri, run_id=run_id, model_id=info.model_id, tags={
-        "family": family_name, "algorithm": result.chosen, "as_of": pointer["as_of"],
+        "family": family_name, "algorithm": result.chosen, "choice": result.choice, "as_of": pointer["as_of"],
         "data_window": window, "features": [f["name"] for f in features_doc],
         "params": model.params, "git_commit": commit, "trained_by": maker,
         "dataset_path": pointer["path"], "split_on": fam.split_on,
@@ -604,7 +604,7 @@ def log_validation_pack(family_name: str, version: str, gate_result: dict | None
         plots={"ROC and KS": "roc_ks.png", "Calibration": "calibration.png", "Feature PSI": "psi.png",
                "SHAP summary": "shap_summary.png"},
         parameters=json.loads(tags["params"]), git_commit=tags["git_commit"],
-        oot_unseen=unseen, oot_unseen_rows=json.loads(tags["oot_unseen_rows"]) if "oot_unseen_rows" in tags else {},
+        choice=tags.get("choice"), oot_unseen=unseen, oot_unseen_rows=json.loads(tags["oot_unseen_rows"]) if "oot_unseen_rows" in tags else {},
     )
     mlf.log_text(mv.run_id, render_markdown(pack), "validation/validation_pack.md")
     mlf.log_text(mv.run_id, render_html(pack), "validation/validation_pack.html")

@@ -228,3 +228,59 @@ def test_supplier_label_is_60_days_unpaid_within_the_horizon(t2_paid, expected_l
         assert t2_later["obs_date"].max() <= pd.Timestamp("2025-04-06")
     assert (later["obs_date"] + pd.Timedelta(days=90) <= pd.Timestamp("2025-06-10")).where(
         later["label"] == 0, True).all()
+
+
+def dealer_frames() -> dict[str, pd.DataFrame]:
+    """Dealer D1 buys three cars on Jan 2; V1 sells Jan 10 and its loan is repaid Jan 11, V2
+    sells Jan 12 and its loan is repaid Jan 30 (sold out of trust), V3 is unsold and its loan is
+    repaid at due; the loans ask 60 %, 80 % and no appraisal (LTV undefined) for 30, 90 and 60 days."""
+    master = ts("2024-12-01", 6)
+    vins = ["V1", "V2", "V3"]
+    return {
+        "dealer.dealers": pd.DataFrame({"dealer_id": ["D1", "D2"], "city_tier": [1, 2],
+                                        "onboarded_on": pd.to_datetime(["2024-06-01", "2024-06-01"]),
+                                        "updated_at": master}),
+        "dealer.inventory": pd.DataFrame({
+            "vin": vins, "dealer_id": "D1", "model_year": 2020, "mileage_km": 50_000,
+            "purchase_price_fen": 1_000_000, "appraised_value_fen": [1_000_000, 1_000_000, 0],
+            "acquired_at": ts("2025-01-02"), "updated_at": ts("2025-01-02", 11)}),
+        "dealer.sales": pd.DataFrame({"vin": ["V1", "V2"], "dealer_id": "D1", "sale_price_fen": 1_000_000,
+                                      "sold_at": [ts("2025-01-10"), ts("2025-01-12")],
+                                      "updated_at": [ts("2025-01-10", 11), ts("2025-01-12", 11)]}),
+        "dealer.floor_audits": pd.DataFrame(columns=["dealer_id", "audited_at", "vehicles_expected",
+                                                     "vehicles_found", "skipped", "updated_at"]),
+        "dealer.loan_applications": pd.DataFrame({
+            "application_id": ["A1", "A2", "A3"], "dealer_id": "D1", "vin": vins,
+            "purchase_price_fen": 1_000_000, "appraised_value_fen": [1_000_000, 1_000_000, 0],
+            "requested_fen": [600_000, 800_000, 500_000], "term_days": [30, 90, 60],
+            "applied_at": ts("2025-01-02", 12), "updated_at": ts("2025-01-02", 13)}),
+        "dealer.loan_repayments": pd.DataFrame({
+            "application_id": ["A1", "A2", "A3"], "dealer_id": "D1",
+            "due_on": pd.to_datetime(["2025-02-01", "2025-04-02", "2025-03-03"]),
+            "paid_at": [ts("2025-01-11"), ts("2025-01-30"), ts("2025-03-03")],
+            "updated_at": [ts("2025-01-11", 11), ts("2025-01-30", 11), ts("2025-03-03", 11)]}),
+    }
+
+
+def test_dealer_sold_out_of_trust_and_loan_terms_on_hand_built_rows():
+    from features.dealer import DealerPanel
+    from features.frames import day_of
+
+    days = [dt.date(2025, 1, 2), dt.date(2025, 1, 3), dt.date(2025, 1, 12), dt.date(2025, 1, 31),
+            dt.date(2025, 3, 4), dt.date(2025, 7, 30)]
+    day = np.array([day_of(d) for d in days])
+    panel = DealerPanel(dealer_frames(), int(day.min()), int(day.max()))
+    f = panel.features(np.zeros(len(days), dtype=np.int64), day)
+    # the applications count from the day after they are applied for
+    assert f["applications_90d"].tolist() == [0, 3, 3, 3, 3, 0]
+    assert np.isnan(f["ltv_mean_90d"].iloc[0]) and f["ltv_mean_90d"].iloc[1] == pytest.approx(0.7)
+    assert f["long_term_share_90d"].iloc[1] == pytest.approx(1 / 3)
+    # Jan 12: A1 repaid one day after V1's sale; Jan 31: A2 repaid 18 days after V2's sale (> 5:
+    # sold out of trust); Mar 4: A3 repaid with V3 unsold is not counted; after 180 days, none
+    sot = f["sale_to_repay_days_180d"].tolist()
+    assert np.isnan(sot[0]) and np.isnan(sot[1]) and sot[2:5] == [1.0, 9.5, 9.5] and np.isnan(sot[5])
+    share = f["repaid_late_after_sale_share_180d"].tolist()
+    assert share[2:5] == [0.0, 0.5, 0.5]
+    # D2 has no application and no repayment
+    d2 = panel.features(np.ones(1, dtype=np.int64), day[-2:-1])
+    assert d2["applications_90d"].iloc[0] == 0 and np.isnan(d2["sale_to_repay_days_180d"].iloc[0])

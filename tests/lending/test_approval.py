@@ -453,7 +453,7 @@ def test_feature_hash_scales_and_handles_nullable_types():
     assert feature_hash(nullable).tolist() == [hashlib.sha256(b'{"a":1.0,"b":1.0}').hexdigest(),
                                                hashlib.sha256(b'{"a":null,"b":0.0}').hexdigest()]
     assert feature_hash(pd.DataFrame(index=[1, 2])).tolist() == [hashlib.sha256(b"{}").hexdigest()] * 2
-    big = pd.DataFrame(np.random.default_rng(0).normal(size=(20_000, 27)).round(3),
+    big = pd.DataFrame(np.random.default_rng(0).normal(size=(20_000, len(FEATURES[DEALER_PD]))).round(3),
                        columns=[f.name for f in FEATURES[DEALER_PD]])
     hashes = feature_hash(big)
     assert hashes.is_unique and len(hashes) == 20_000

@@ -119,3 +119,55 @@ def test_fit_family_reports_the_oot_rows_of_unseen_entities():
     by_date = fit_family(df, ["x"], TrainConfig(num_boost_round=20, early_stopping_rounds=None),
                          algorithms=("lightgbm",))
     assert by_date.oot_unseen == {} and by_date.oot_unseen_rows == {}
+
+
+@pytest.mark.parametrize(("scorecard_auc", "chosen"), [
+    (0.700, "catboost"),  # catboost leads by 0.010 >= 0.005
+    (0.705, "catboost"),  # exactly the required gain
+    (0.706, "scorecard"),  # a gain of 0.004 is not material: the simpler benchmark
+    (0.720, "scorecard"),  # the benchmark is better
+    (None, "catboost"),  # no benchmark trained
+])
+def test_choose_prefers_the_scorecard_unless_a_gbm_beats_it_materially(scorecard_auc, chosen):
+    from models.training import MATERIAL_AUC_GAIN, choose
+
+    assert MATERIAL_AUC_GAIN == 0.005
+    val = {"lightgbm": {"auc": 0.708}, "xgboost": {"auc": 0.690}, "catboost": {"auc": 0.710}}
+    if scorecard_auc is not None:
+        val["scorecard"] = {"auc": scorecard_auc}
+    got, why = choose(val)
+    assert got == chosen
+    assert "catboost has the best validation AUC" in why and "0.7100" in why
+    if scorecard_auc is not None:
+        assert f"{0.710 - scorecard_auc:+.4f} against the scorecard's {scorecard_auc:.4f}" in why
+    assert why.startswith("scorecard chosen") == (chosen == "scorecard")
+
+
+def test_choose_breaks_ties_in_library_order_and_needs_a_gbm():
+    from models.training import choose
+
+    assert choose({"xgboost": {"auc": 0.7}, "lightgbm": {"auc": 0.7}})[0] == "lightgbm"
+    with pytest.raises(TrainingError, match="no gradient-boosting algorithm among \\['scorecard'\\]"):
+        choose({"scorecard": {"auc": 0.7}})
+
+
+def test_fit_family_chooses_a_gbm_only_for_a_material_gain():
+    """An additive truth (the scorecard's own form) against an interaction no additive model fits."""
+    from models.trainers import TrainConfig
+    from models.training import fit_family
+
+    rng = np.random.default_rng(11)
+    n = 12_000
+    df = pd.DataFrame({"obs_date": np.repeat(pd.date_range("2025-10-01", periods=60).to_numpy(), n // 60),
+                       "x1": rng.normal(size=n), "x2": rng.normal(size=n)})
+    cfg = TrainConfig(num_boost_round=60, early_stopping_rounds=None)
+    additive = 1 / (1 + np.exp(-(-2.0 + 0.8 * df.x1 - 0.5 * df.x2)))
+    df["label"] = (rng.random(n) < additive).astype(int)
+    res = fit_family(df, ["x1", "x2"], cfg)
+    assert res.chosen == "scorecard" and res.model is res.candidates["scorecard"]
+    assert res.choice.startswith("scorecard chosen")
+    crossed = 1 / (1 + np.exp(-(-2.0 + 2.5 * np.sign(df.x1 * df.x2))))
+    df["label"] = (rng.random(n) < crossed).astype(int)
+    res = fit_family(df, ["x1", "x2"], cfg)
+    assert res.chosen != "scorecard"
+    assert res.validation[res.chosen]["auc"] > res.validation["scorecard"]["auc"] + 0.1

@@ -257,3 +257,11 @@ def test_validation_held_out_by_entity_and_unseen_oot_rows_are_stated(pack):
     assert f"| {pack.chosen} (chosen) | 0.8179 |" in text and "| scorecard | 0.8022 |" in text
     plain = render_markdown(pack)
     assert "held out by" not in plain and "no bad training row" not in plain
+
+
+def test_the_reason_for_the_choice_is_stated(pack):
+    why = "scorecard chosen: catboost has the best validation AUC ..., +0.0012 against the scorecard's 0.7049"
+    text = render_markdown(dataclasses.replace(pack, choice=why))
+    assert f"Choice on the validation sample: {why}." in text
+    assert "Choice on the validation sample" not in render_markdown(pack)
+    assert html.escape(why) in render_html(dataclasses.replace(pack, choice=why))
