@@ -10,9 +10,10 @@ reader of the file, as another Airflow worker would be), and the parent maps the
 writes as Arrow IPC files.
 
 Run as ``python -m chainlend.arrow_reader`` with a JSON request on stdin:
-``{"path": <database file>, "out": <folder>, "queries": [[sql, count_sql, sort_key], ...]}``;
-writes ``<folder>/<i>.arrow`` per query (sorted by the column ``sort_key`` unless null); exits
-non-zero with the error on stderr.
+``{"path": <database file>, "out": <folder>, "queries": [[sql, count_sql], ...]}``;
+writes ``<folder>/<i>.arrow`` per query, rows in the order the query gives them (a caller that
+needs an order sorts the decoded frame: ``Warehouse.read_frames`` sorts by key after decoding,
+which moves int64 timestamps instead of their text); exits non-zero with the error on stderr.
 """
 
 from __future__ import annotations
@@ -34,8 +35,8 @@ class ArrowReadError(RuntimeError):
     """The reader process failed; the message holds its error."""
 
 
-def read_sqlite(path: str, queries: list[tuple[str, str | None, str | None]]) -> list:
-    """The results of ``queries`` (``(sql, count_sql or None, sort column or None)``) on the
+def read_sqlite(path: str, queries: list[tuple[str, str | None]]) -> list:
+    """The results of ``queries`` (``(sql, count_sql or None)``) on the
     SQLite file ``path``, as Arrow tables, read by a child process (see the module doc)."""
     import pyarrow as pa
 
@@ -80,12 +81,8 @@ def main() -> int:
     path, out, queries = request["path"], request["out"], request["queries"]
 
     def run(i: int) -> None:
-        sql, count_sql, sort_key = queries[i]
+        sql, count_sql = queries[i]
         data = _read_one(path, sql, count_sql)
-        if sort_key is not None and data.num_rows:
-            import pyarrow.compute as pc
-
-            data = data.take(pc.sort_indices(data, sort_keys=[(sort_key, "ascending")]))
         with pa.OSFile(os.path.join(out, f"{i}.arrow"), "wb") as sink, pa.ipc.new_file(sink, data.schema) as writer:
             writer.write_table(data)
 

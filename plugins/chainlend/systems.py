@@ -313,8 +313,8 @@ class Warehouse:
                   for c, v in zip(cols, values, strict=True)}
         return _frame(arrays, types)
 
-    def _sqlite_query(self, contract: Table, cols: list[str], since: dt.date | None) -> tuple[str, str, None]:
-        """(select, count, no sort column) of ``cols`` of a published table for the Arrow reader;
+    def _sqlite_query(self, contract: Table, cols: list[str], since: dt.date | None) -> tuple[str, str]:
+        """(select, count) of ``cols`` of a published table for the Arrow reader;
         ``since``: rows whose event time is on or after it (as stored: ISO text) or NULL."""
         quote = self.engine.dialect.identifier_preparer.quote
         table = self.published(contract).name
@@ -327,7 +327,7 @@ class Warehouse:
         # the rows come in storage order: read_frames sorts them by the key (unique in a published
         # table) once decoded (SQLite's ORDER BY would walk the key index, a random read per row;
         # sorting in the reader moved every text timestamp, 3x the bytes of the decoded value)
-        return sql, f"SELECT COUNT(*) FROM {quote(table)}", None
+        return sql, f"SELECT COUNT(*) FROM {quote(table)}"
 
     def read_query(self, query: sa.Select):
         """The rows of ``query`` as the DataFrame ``pd.read_sql`` returns (string columns as
@@ -356,7 +356,7 @@ class Warehouse:
         from chainlend.arrow_reader import read_sqlite
 
         sql = str(query.compile(dialect=self.engine.dialect, compile_kwargs={"literal_binds": True}))
-        data, = read_sqlite(str(self.engine.url.database), [(sql, None, None)])
+        data, = read_sqlite(str(self.engine.url.database), [(sql, None)])
         if not data.num_rows:  # as pd.read_sql: no rows, no types
             return pd.DataFrame(columns=[name for name, _ in kinds], dtype=object)
         arrays = {name: _to_arrow(data.column(i).combine_chunks(), kind, f"query column {name}")

@@ -242,7 +242,7 @@ def test_a_failed_read_raises_with_the_reader_error(tmp_path):
     w = Warehouse.from_url(f"sqlite:///{tmp_path / 'e.db'}")
     w.create_all()
     with pytest.raises(ArrowReadError, match="no_such_table"):
-        read_sqlite(str(tmp_path / "e.db"), [("SELECT * FROM no_such_table", None, None)])
+        read_sqlite(str(tmp_path / "e.db"), [("SELECT * FROM no_such_table", None)])
 
 
 def test_the_arrow_files_go_where_chainlend_arrow_tmpdir_says(tmp_path, monkeypatch):
@@ -257,8 +257,8 @@ def test_the_arrow_files_go_where_chainlend_arrow_tmpdir_says(tmp_path, monkeypa
     folder = tmp_path / "arrow"
     folder.mkdir()
     monkeypatch.setenv(TMPDIR_ENV, str(folder))
-    assert read_sqlite(str(path), [("SELECT x FROM t", None, "x")])[0].column("x").to_pylist() == [1, 2]
+    assert read_sqlite(str(path), [("SELECT x FROM t ORDER BY x", None)])[0].column("x").to_pylist() == [1, 2]
     assert list(folder.iterdir()) == []  # its own folder, removed after the read
     monkeypatch.setenv(TMPDIR_ENV, str(tmp_path / "missing"))
     with pytest.raises(FileNotFoundError):  # the setting is used, not silently replaced
-        read_sqlite(str(path), [("SELECT x FROM t", None, "x")])
+        read_sqlite(str(path), [("SELECT x FROM t ORDER BY x", None)])
