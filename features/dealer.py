@@ -45,6 +45,7 @@ from features.frames import (
     Frames,
     day_of,
     days_to_dates,
+    earliest_row,
     first_known,
     positions,
     require,
@@ -147,6 +148,14 @@ def shared_loans() -> Iterator[None]:
         _SHARED.reset(token)
 
 
+def sales_of_loans(frames: Frames, loans: Loans) -> tuple[np.ndarray, np.ndarray]:
+    """(day the sale is known, sale day) of each loan's car (NEVER where no sale row exists)."""
+    sales = require(frames, SALES, ("vin", "sold_at", "updated_at"))
+    sold, known = timing(sales, SALES)
+    row = earliest_row(positions(loans.vin, sales["vin"]), len(loans.ids), known)
+    return np.append(known, NEVER)[row], np.append(sold, NEVER)[row]
+
+
 def dealer_index(frames: Frames) -> tuple[pd.Index, pd.DataFrame]:
     """The dealers (reference data) and their immutable attributes, indexed by dealer_id."""
     dealers = require(frames, DEALERS, ("dealer_id", "city_tier", "onboarded_on"))
@@ -245,12 +254,11 @@ class DealerPanel:
         # sale to the repayment, for the repayments of the last 180 days whose car's sale is known
         # (counted from the day both rows are known; a car repaid before its sale counts 0 days)
         rep_loan = positions(ln.ids, reps["application_id"])
-        rep_sale = positions(pd.Index(sales["vin"].to_numpy()),
-                             pd.Series(np.append(ln.vin, None)[rep_loan], dtype=object))
-        sold_of_rep = np.append(sold, NEVER)[rep_sale]
-        has_sale = rep_sale >= 0
+        loan_sale_known, loan_sold = sales_of_loans(frames, ln)
+        sold_of_rep = np.append(loan_sold, NEVER)[rep_loan]
+        has_sale = sold_of_rep < NEVER
         after_sale = np.where(has_sale, np.clip(paid - sold_of_rep, 0, None), np.nan).astype(np.float64)
-        sot_known = np.maximum(rep_known, np.append(sale_known, NEVER)[rep_sale])
+        sot_known = np.maximum(rep_known, np.append(loan_sale_known, NEVER)[rep_loan])
         sot_n = g.window_sum(r_dealer, paid, sot_known, LONG_WINDOW, np.where(has_sale, 1.0, np.nan))
         p["sale_to_repay_days_180d"] = ratio(g.window_sum(r_dealer, paid, sot_known, LONG_WINDOW, after_sale),
                                              sot_n)

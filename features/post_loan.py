@@ -19,34 +19,23 @@ from collections.abc import Callable
 import numpy as np
 import pandas as pd
 
-from features.dealer import SALES, DealerPanel, Loans, dealer_index
+from features.dealer import DealerPanel, Loans, dealer_index, sales_of_loans
 from features.definitions import MID_WINDOW, POST_LOAN, feature_names
 from features.frames import (
     FeatureError,
     Frames,
     day_of,
     days_to_dates,
-    earliest_row,
     positions,
-    require,
-    timing,
 )
-from features.panel import NEVER, day_numbers, ratio
+from features.panel import day_numbers, ratio
 
 SNAPSHOT_ANCHOR_DAY = 4  # 1970-01-05, a Monday: weekly snapshots fall on Mondays
 
 
-def _sales_of_loans(frames: Frames, loans: Loans) -> tuple[np.ndarray, np.ndarray]:
-    """(day the sale is known, sale day) of each loan's car (NEVER where no sale row exists)."""
-    sales = require(frames, SALES, ("vin", "sold_at", "updated_at"))
-    sold, known = timing(sales, SALES)
-    row = earliest_row(positions(loans.vin, sales["vin"]), len(loans.ids), known)
-    return np.append(known, NEVER)[row], np.append(sold, NEVER)[row]
-
-
 def _features(frames: Frames, loans: Loans, panel: DealerPanel, loan: np.ndarray, day: np.ndarray) -> pd.DataFrame:
     dealer, drawn = loans.dealer[loan], loans.applied[loan]
-    sale_known, sold = (x[loan] for x in _sales_of_loans(frames, loans))
+    sale_known, sold = (x[loan] for x in sales_of_loans(frames, loans))
     is_sold = sale_known <= day
     unpaid = loans.repaid_known[loan] > day
 
